@@ -1,0 +1,62 @@
+"""The run configuration: what the CLI flags resolve to, hashed into the cache key."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omnibench.protocol import OmnibenchError
+
+
+def parse_kv(text: str | None, flag: str) -> dict[str, str]:
+    """'a=1,b=x' -> {'a': '1', 'b': 'x'}; anything else is a one-line error naming the flag."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise OmnibenchError(f"malformed {flag} entry '{part}': expected key=value pairs separated by commas")
+        out[key] = value.strip()
+    return out
+
+
+def parse_limit(text: str | None) -> float | None:
+    """lmms-eval's --limit: a positive count, or a fraction in (0, 1) of each task."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise OmnibenchError(f"--limit {text!r} is not a number: give a positive count or a fraction in (0, 1)") from None
+    if value <= 0 or (value >= 1 and value != int(value)):
+        raise OmnibenchError(f"--limit {text} selects nothing: give a positive count or a fraction in (0, 1)")
+    return value
+
+
+@dataclass
+class RunConfig:
+    model: str
+    model_args: dict[str, str] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    task_args: dict[str, str] = field(default_factory=dict)
+    limit: float | None = None
+    batch_size: int = 1
+    device: str = "cpu"
+    dtype: str = "auto"
+    seed: int = 0
+    output_path: str = "results"
+    log_samples: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_hash(model_config: dict[str, Any], seed: int) -> str:
+    """Identifies everything that changes a model's answers: its resolved config and the seed."""
+    blob = json.dumps({"model": model_config, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,197 @@
+"""The engine end to end: CLI, runner, cache/resume, outputs, bad input, compare."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from omnibench import compare as compare_mod
+from omnibench.cli import main, parse_config
+from omnibench.config import RunConfig
+from omnibench.protocol import ModelAdapter, OmnibenchError
+from omnibench.runner import Runner, run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FixedAnswers(ModelAdapter):
+    """Answers every question with one fixed string and counts the samples it was asked."""
+    name = "fixed"
+
+    def __init__(self, answer="Yes, there is."):
+        super().__init__()
+        self.answer = answer
+        self.seen: list[str] = []
+
+    def generate_text(self, requests):
+        self.seen += [r.sample_id for r in requests]
+        return [self.answer for _ in requests]
+
+
+def pope_cfg(tmp_path, **kw):
+    return RunConfig(model="hf", model_args={"preset": "tiny"}, tasks=["pope"], task_args={"sample": "true"},
+                     output_path=str(tmp_path), **kw)
+
+
+def test_runner_scores_pope_sample_with_official_extraction(tmp_path):
+    model = FixedAnswers("Yes, there is.")
+    out = Runner(pope_cfg(tmp_path, batch_size=4, log_samples=True), lambda: model).run()
+    # Built-in sample: 6 questions, 3 with answer yes. Always "yes": recall 1, precision 0.5 overall.
+    assert out["results"]["pope"]["pope_yes_ratio"] == 1.0
+    assert out["n_samples"]["pope"] == {"total": 6, "failed": 0}
+    assert len(model.seen) == 6
+    folder = run_dir(pope_cfg(tmp_path), out["config_hash"])
+    samples = [json.loads(l) for l in (folder / "samples_pope.jsonl").read_text().splitlines()]
+    assert [s["record"]["pred"] for s in samples] == ["yes"] * 6
+    assert [s["doc_index"] for s in samples] == list(range(6))
+    assert "POPE" in (folder / "report.md").read_text()
+
+
+def test_rerun_without_resume_refuses_to_discard_finished_samples(tmp_path):
+    Runner(pope_cfg(tmp_path), FixedAnswers).run()
+    with pytest.raises(OmnibenchError, match="--resume"):
+        Runner(pope_cfg(tmp_path), FixedAnswers).run()
+    model = FixedAnswers("No")
+    out = Runner(pope_cfg(tmp_path, overwrite=True), lambda: model).run()
+    assert len(model.seen) == 6 and out["results"]["pope"]["pope_yes_ratio"] == 0.0
+
+
+def test_resume_with_everything_done_never_loads_the_model(tmp_path):
+    Runner(pope_cfg(tmp_path), FixedAnswers).run()
+
+    def boom():
+        raise AssertionError("model loaded although every sample was cached")
+    out = Runner(pope_cfg(tmp_path, resume=True), boom).run()
+    assert out["n_samples"]["pope"]["total"] == 6
+
+
+def test_limit_and_batch_boundaries(tmp_path):
+    model = FixedAnswers()
+    out = Runner(pope_cfg(tmp_path, limit=5, batch_size=2), lambda: model).run()
+    assert out["n_samples"]["pope"]["total"] == 5 and len(model.seen) == 5
+
+
+def test_unreadable_image_is_a_failed_sample_and_the_run_goes_on(tmp_path):
+    import datasets
+    from tasks.pope import sample_rows
+
+    rows = sample_rows()
+    rows[2]["image"] = {"bytes": b"not a png at all", "path": None}
+    folder = tmp_path / "pope_local" / "data"
+    folder.mkdir(parents=True)
+    feats = datasets.Features({k: datasets.Image() if k == "image" else datasets.Value("string") for k in rows[0]})
+    datasets.Dataset.from_list(rows, features=feats).to_parquet(str(folder / "test-00000-of-00001.parquet"))
+    cfg = RunConfig(model="hf", tasks=["pope"], task_args={"data_dir": str(tmp_path / "pope_local")},
+                    output_path=str(tmp_path / "out"), log_samples=True)
+    model = FixedAnswers()
+    out = Runner(cfg, lambda: model).run()
+    assert out["n_samples"]["pope"] == {"total": 6, "failed": 1}
+    assert len(model.seen) == 5
+    samples = [json.loads(l) for l in (run_dir(cfg, out["config_hash"]) / "samples_pope.jsonl").read_text().splitlines()]
+    failed = [s for s in samples if s["error"]]
+    assert len(failed) == 1 and "unreadable image" in failed[0]["error"]
+    assert failed[0]["record"]["pred"] == "none"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "nosuch", "--tasks", "pope"], "unknown model 'nosuch'"),
+    (["--model", "hf", "--tasks", "nosuch"], "unknown task 'nosuch'"),
+    (["--model", "hf", "--tasks", "pope", "--limit", "0"], "--limit 0 selects nothing"),
+    (["--model", "hf", "--model_args", "pretrained", "--tasks", "pope"], "malformed --model_args entry 'pretrained'"),
+    (["--model", "hf", "--tasks", "pope", "--task_args", "data_dir=/nonexistent/pope"], "dataset folder not found: /nonexistent/pope"),
+    (["--model", "hf", "--model_args", "pretrained=/nonexistent/ckpt", "--tasks", "pope", "--task_args", "sample=true"],
+     "cannot load checkpoint '/nonexistent/ckpt'"),
+])
+def test_bad_input_is_one_line_error_and_nonzero_exit(argv, message, tmp_path, capsys):
+    code = main(argv + ["--output_path", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_tasks_list_prints_registry(capsys):
+    assert main(["--model", "hf", "--tasks", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "pope" in out and "omnimamba" in out
+
+
+def test_task_args_prefix_applies_to_one_task():
+    from omnibench.runner import task_args_for
+    args = {"sample": "true", "mmmu.split": "test", "pope.split": "x"}
+    assert task_args_for("mmmu", args) == {"sample": "true", "split": "test"}
+    assert task_args_for("gqa", args) == {"sample": "true"}
+
+
+def test_compare_flags_headline_regression_beyond_tolerance(tmp_path, capsys):
+    base = {"results": {"pope": {"pope_f1": 0.80, "pope_yes_ratio": 0.5}},
+            "headline": {"pope": {"metric": "pope_f1"}}}
+    cand = {"results": {"pope": {"pope_f1": 0.78, "pope_yes_ratio": 0.9}},
+            "headline": {"pope": {"metric": "pope_f1"}}}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(cand))
+    assert compare_mod.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tolerance", "0.01"]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    assert compare_mod.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--tolerance", "0.05"]) == 0
+    # FID: lower is better, a rise is the regression.
+    table, bad = compare_mod.compare({"results": {"fid": {"fid": 10.0}}}, {"results": {"fid": {"fid": 9.0}}}, 0.0, ["fid"])
+    assert not bad
+    table, bad = compare_mod.compare({"results": {"fid": {"fid": 10.0}}}, {"results": {"fid": {"fid": 11.0}}}, 0.5, ["fid"])
+    assert bad
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from models.hf import HFAdapter
+    from omnibench.cli import parse_config
+    from omnibench.runner import Runner
+
+    calls_file, kill_after = sys.argv[1], int(sys.argv[2])
+
+    class Counting(HFAdapter):
+        batches = 0
+        def generate_text(self, requests):
+            out = super().generate_text(requests)
+            with open(calls_file, "a") as fh:
+                fh.write("".join(r.sample_id + "\\n" for r in requests))
+            Counting.batches += 1
+            if Counting.batches == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+    cfg = parse_config(sys.argv[3:])
+    Runner(cfg, lambda: Counting(device="cpu", **cfg.model_args)).run()
+""")
+
+
+def test_sigkilled_run_resumes_without_rerunning_and_ends_with_identical_scores(tmp_path):
+    script = tmp_path / "killable.py"
+    script.write_text(KILL_SCRIPT.format(root=str(ROOT)))
+    env = {**os.environ}
+
+    def run(out, calls, kill_after, *extra):
+        argv = ["--model", "hf", "--model_args", "preset=tiny", "--tasks", "pope", "--task_args", "sample=true",
+                "--batch_size", "2", "--device", "cpu", "--output_path", str(out), "--log_samples", *extra]
+        return subprocess.run([sys.executable, str(script), str(calls), str(kill_after), *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    clean = run(tmp_path / "clean", tmp_path / "clean_calls", 0)
+    assert clean.returncode == 0, clean.stderr
+    killed = run(tmp_path / "crash", tmp_path / "calls1", 2)
+    assert killed.returncode == -signal.SIGKILL
+    first = (tmp_path / "calls1").read_text().split()
+    assert len(first) == 4  # two batches of 2 were answered; the kill hit before the second was saved
+    resumed = run(tmp_path / "crash", tmp_path / "calls2", 0, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    second = (tmp_path / "calls2").read_text().split()
+    assert len(second) == 4 and set(second).isdisjoint(first[:2])  # only the unsaved batch is redone
+    a = json.loads(next((tmp_path / "clean").glob("*/results.json")).read_text())
+    b = json.loads(next((tmp_path / "crash").glob("*/results.json")).read_text())
+    assert json.dumps(a["results"], sort_keys=True) == json.dumps(b["results"], sort_keys=True)
+    sa = next((tmp_path / "clean").glob("*/samples_pope.jsonl")).read_bytes()
+    sb = next((tmp_path / "crash").glob("*/samples_pope.jsonl")).read_bytes()
+    assert sa == sb

@@ -1,0 +1,102 @@
+"""GQA: official exact-match accuracy over balanced questions, LLaVA's prediction preparation, and the
+two-config task end to end on the built-in sample."""
+import json
+
+import pytest
+from PIL import Image
+
+from omnibench import data
+from omnibench.protocol import Doc, OmnibenchError
+from tasks.gqa import GQA, PROMPT_SUFFIX, gqa_scores, normalize_prediction, predictions_file
+
+
+@pytest.fixture(autouse=True)
+def sample_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Yes.", "yes"),
+    ("  Left \n", "left"),
+    ("yes...", "yes"),
+    ("St. Louis", "st. louis"),         # only trailing periods go
+    ("No, it is not.", "no, it is not"),  # no answer extraction: a sentence stays a sentence
+])
+def test_prediction_preparation(raw, expected):
+    assert normalize_prediction(raw) == expected
+
+
+def _rec(pred, answer, structural="query", semantic="obj", balanced=True):
+    return {"prediction": pred, "answer": answer, "structural": structural, "semantic": semantic,
+            "is_balanced": balanced}
+
+
+def test_accuracy_is_exact_string_match():
+    # "t shirt" vs gold "t-shirt" and "yes " vs "yes" are wrong: the official eval compares strings.
+    records = [_rec("t-shirt", "t-shirt"), _rec("t shirt", "t-shirt"), _rec("yes ", "yes", "verify")]
+    assert gqa_scores(records)["gqa_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_hand_worked_scores_over_balanced_questions():
+    records = [
+        _rec("yes", "yes", "verify", "obj"),      # binary, right
+        _rec("no", "yes", "logical", "obj"),      # binary, wrong
+        _rec("red", "red", "query", "attr"),      # open, right
+        _rec("left", "right", "query", "rel"),    # open, wrong
+        _rec("cup", "cup", "choose", "rel"),      # binary, right
+        _rec("dog", "cat", "query", "cat", balanced=False),  # not counted anywhere
+    ]
+    s = gqa_scores(records)
+    assert s["gqa_accuracy"] == pytest.approx(3 / 5)
+    assert s["gqa_binary_accuracy"] == pytest.approx(2 / 3)
+    assert s["gqa_open_accuracy"] == pytest.approx(1 / 2)
+    assert s["gqa_structural_query_accuracy"] == pytest.approx(1 / 2)
+    assert s["gqa_structural_verify_accuracy"] == 1.0
+    assert s["gqa_semantic_rel_accuracy"] == pytest.approx(1 / 2)
+    assert "gqa_semantic_cat_accuracy" not in s
+
+
+def test_predictions_file_is_official_format():
+    out = predictions_file([{"question_id": "201307251", "prediction": "yes"}])
+    assert out == [{"questionId": "201307251", "prediction": "yes"}]
+
+
+def test_sample_loads_joins_images_and_scores(tmp_path):
+    task = GQA(sample="true")
+    assert (task.name, task.paper_column, task.paper_metric) == ("gqa", "GQA", "gqa_accuracy")
+    docs = task.docs()
+    assert len(docs) == 4 and docs[0].doc_id == docs[0].row["id"]
+    # Questions 0,1 are on image n500 (drawn from seed 200), 2,3 on n501 (seed 201).
+    for doc, seed, shape in zip(docs, [200, 200, 201, 201], ["circle", "circle", "square", "square"]):
+        req = task.build_request(doc)
+        assert req.prompt == doc.row["question"] + PROMPT_SUFFIX
+        assert len(req.images) == 1 and isinstance(req.images[0], Image.Image)
+        assert req.images[0].tobytes() == data.drawn_image(seed, shape=shape).tobytes()
+    fp = task.fingerprint()
+    assert fp["instructions"]["num_rows"] == 4 and fp["images"]["num_rows"] == 2
+
+    outputs = ["Yes.", "Circle", "round", None]  # right, right, wrong, failed
+    records = [task.process(d, o) for d, o in zip(docs, outputs)]
+    assert records[3]["prediction"] == ""
+    scores = task.aggregate(records)
+    assert scores["gqa_accuracy"] == pytest.approx(0.5)
+    assert scores["gqa_open_accuracy"] == 1.0
+    assert scores["gqa_binary_accuracy"] == pytest.approx(1 / 3)
+
+    (path,) = task.export(records, tmp_path / "out")
+    written = json.loads(path.read_text())
+    assert written == [{"questionId": d.row["id"], "prediction": p}
+                       for d, p in zip(docs, ["yes", "circle", "round", ""])]
+    assert all(isinstance(w["questionId"], str) for w in written)
+
+
+def test_question_whose_image_is_missing_fails_alone():
+    task = GQA(sample="true")
+    row = dict(task.docs()[0].row, imageId="n999")
+    with pytest.raises(OmnibenchError, match="n999"):
+        task.build_request(Doc(row["id"], row))
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(OmnibenchError, match="split"):
+        GQA(sample="true", split="val")
