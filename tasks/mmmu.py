@@ -311,7 +311,7 @@ def sample_rows(subject: str, split: str = "validation") -> list[dict[str, Any]]
 
 # ----------------------------------------------------------------------------- task
 
-class Mmmu(Task):
+class MMMU(Task):
     name = "mmmu"
     paper_column = "MMMU"
     paper_metric = "mmmu_accuracy"

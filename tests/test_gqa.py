@@ -100,3 +100,25 @@ def test_question_whose_image_is_missing_fails_alone():
 def test_unknown_split_is_refused():
     with pytest.raises(OmnibenchError, match="split"):
         GQA(sample="true", split="val")
+
+
+def test_local_snapshot_in_hub_layout_loads_both_configs(tmp_path):
+    """`data_dir=` a copy of lmms-lab/GQA: one folder per config, declared in the README's YAML."""
+    import datasets
+
+    from tasks.gqa import IMAGES_CONFIG, INSTRUCTIONS_CONFIG, sample_features, sample_rows
+
+    rows, images = sample_rows()
+    specs = sample_features()
+    readme = ["---", "configs:"]
+    for config, config_rows, spec in zip((INSTRUCTIONS_CONFIG, IMAGES_CONFIG), (rows, images), specs):
+        target = tmp_path / config / "testdev-00000-of-00001.parquet"
+        target.parent.mkdir()
+        datasets.Dataset.from_list(config_rows, features=data.features_from(spec)).to_parquet(str(target))
+        readme += [f"- config_name: {config}", "  data_files:", "  - split: testdev",
+                   f"    path: {config}/testdev-*"]
+    (tmp_path / "README.md").write_text("\n".join(readme + ["---", ""]))
+    task = GQA(data_dir=str(tmp_path))
+    docs = task.docs()
+    assert len(docs) == 4 and task.build_request(docs[2]).images[0].size == (64, 64)
+    assert task.fingerprint()["images"]["source"] == str(tmp_path)

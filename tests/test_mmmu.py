@@ -4,7 +4,7 @@ import datasets
 import pytest
 
 from omnibench.protocol import OmnibenchError
-from tasks.mmmu import (IMAGE_COLUMNS, MC_POST_PROMPT, OPEN_POST_PROMPT, SAMPLE_SUBJECTS, Mmmu, _features,
+from tasks.mmmu import (IMAGE_COLUMNS, MC_POST_PROMPT, OPEN_POST_PROMPT, SAMPLE_SUBJECTS, MMMU, _features,
                         eval_multi_choice, eval_open, extract_numbers, gold_answer, mmmu_prompt, mmmu_scores,
                         multi_choice_info, normalize_str, parse_multi_choice_response, parse_open_response,
                         parse_subjects, sample_rows, subject_of)
@@ -46,6 +46,14 @@ def test_unparsable_multiple_choice_is_a_seeded_guess(reply):
     assert len(by_id) > 1
 
 
+
+def test_option_text_is_read_only_past_five_words():
+    seeds = [f"validation_Art_{i}" for i in range(10)]
+    guesses = [pick("", seed=s) for s in seeds]
+    assert set(guesses) != {"B"}
+    assert [pick("The right one: a dog", seed=s) for s in seeds] == guesses   # 5 words: a guess
+    assert {pick("The right one is a dog", seed=s) for s in seeds} == {"B"}    # 6 words: dog
+
 def test_eval_multi_choice_exact_letter_or_any_of_list():
     assert eval_multi_choice("B", "B") and not eval_multi_choice("B", "b")
     assert eval_multi_choice(["A", "C"], "C") and not eval_multi_choice(["A", "C"], "B")
@@ -72,6 +80,9 @@ def test_normalize_str_rounds_numbers_and_lowercases_text(text, normalized):
 def test_open_parse_takes_shortest_tail_after_key_phrase_on_each_line():
     assert parse_open_response("The answer is 3.50") == [3.5]
     assert parse_open_response("Let x = 2\nSo the result is 7.") == [7.0]
+    # "=" counts as a key phrase on the last line only
+    assert parse_open_response("x = 2\ny = 7") == [7.0]
+    assert parse_open_response("v = 12 m/s") == ["12 m/s", 12.0]
     # no key phrase: the whole reply, lower-cased, and its numbers
     assert parse_open_response("Hormone") == ["hormone"]
     assert parse_open_response("12 volts") == ["12 volts", 12.0]
@@ -149,7 +160,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_sample_end_to_end_loads_two_subjects_with_images_and_scores(cache):
-    task = Mmmu(sample="true")
+    task = MMMU(sample="true")
     docs = task.docs()
     assert [d.doc_id for d in docs] == [f"validation_{s}_{n}" for s in SAMPLE_SUBJECTS for n in (1, 2, 3)]
     requests = [task.build_request(d) for d in docs]
@@ -172,17 +183,17 @@ def test_sample_end_to_end_loads_two_subjects_with_images_and_scores(cache):
 
 
 def test_sample_subset_and_failed_sample_counts_wrong(cache):
-    task = Mmmu(sample="true", subjects="math")
+    task = MMMU(sample="true", subjects="math")
     docs = task.docs()
     assert {subject_of(d.doc_id) for d in docs} == {"Math"}
     record = task.process(docs[0], None)
     assert record["correct"] is False and record["parsed_pred"] is None
     with pytest.raises(OmnibenchError, match="only Accounting, Math"):
-        Mmmu(sample="true", subjects="Art")
+        MMMU(sample="true", subjects="Art")
 
 
 def test_test_split_has_no_score_and_exports_submission(cache):
-    task = Mmmu(sample="true", split="test", subjects="Accounting")
+    task = MMMU(sample="true", split="test", subjects="Accounting")
     docs = task.docs()
     assert docs[0].doc_id == "test_Accounting_1"
     records = [task.process(d, r) for d, r in zip(docs, ["(B) circle", None, "The count is 3"])]
@@ -205,10 +216,10 @@ def test_local_snapshot_with_one_config_per_subject_loads_in_official_order(tmp_
         readme += [f"- config_name: {subject}", "  data_files:"]
         readme += [f"  - split: {split}\n    path: {subject}/{split}-*" for split in ("dev", "validation")]
     (tmp_path / "README.md").write_text("\n".join(readme + ["---", ""]))
-    task = Mmmu(data_dir=str(tmp_path), subjects="Math+Accounting", split="dev")
+    task = MMMU(data_dir=str(tmp_path), subjects="Math+Accounting", split="dev")
     assert [d.doc_id for d in task.docs()][::3] == ["dev_Accounting_1", "dev_Math_1"]
     assert all(isinstance(task.docs()[0].row[c], (dict, type(None))) for c in IMAGE_COLUMNS)
     assert task.fingerprint()["source"] == str(tmp_path)
     with pytest.raises(OmnibenchError, match="cannot load dataset"):
-        Mmmu(data_dir=str(tmp_path), subjects="Art")
+        MMMU(data_dir=str(tmp_path), subjects="Art")
 
