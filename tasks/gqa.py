@@ -22,15 +22,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image
+
 from omnibench import data
 from omnibench.cache import atomic_write_text
-from omnibench.protocol import Doc, OmnibenchError, Request, Task
+from omnibench.protocol import Doc, OmnibenchError
+from tasks.common import SingleImageQA
 
 HUB_ID = "lmms-lab/GQA"
 SPLIT = "testdev"
 INSTRUCTIONS_CONFIG = "testdev_balanced_instructions"
 IMAGES_CONFIG = "testdev_balanced_images"
-PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 
 def normalize_prediction(text: str) -> str:
@@ -100,7 +102,7 @@ def sample_features() -> tuple[dict[str, Any], dict[str, Any]]:
     return instructions, {"id": "string", "image": "image"}
 
 
-class GQA(Task):
+class GQA(SingleImageQA):
     name = "gqa"
     paper_column = "GQA"
     paper_metric = "gqa_accuracy"
@@ -124,20 +126,18 @@ class GQA(Task):
         # Only the id column is read up front; an image is fetched when its question is asked.
         self.image_index = {image_id: i for i, image_id in enumerate(self.images["id"])}
 
-    def docs(self) -> Sequence[Doc]:
-        return [Doc(str(row["id"]), row) for row in self.ds]
+    def doc_id(self, row: dict[str, Any]) -> str:
+        return str(row["id"])
 
     def fingerprint(self) -> dict[str, Any]:
         return {"instructions": data.fingerprint(self.ds, self.source, SPLIT, INSTRUCTIONS_CONFIG),
                 "images": data.fingerprint(self.images, self.images_source, SPLIT, IMAGES_CONFIG)}
 
-    def build_request(self, doc: Doc) -> Request:
-        row = doc.row
+    def image(self, row: dict[str, Any]) -> Image.Image:
         index = self.image_index.get(row["imageId"])
         if index is None:
             raise OmnibenchError(f"gqa image {row['imageId']} of question {row['id']} is not in {IMAGES_CONFIG}")
-        image = data.decode_image(self.images[index]["image"])
-        return Request(doc.doc_id, row["question"] + PROMPT_SUFFIX, [image], {"max_new_tokens": 16})
+        return data.decode_image(self.images[index]["image"])
 
     def process(self, doc: Doc, output: Any) -> dict[str, Any]:
         row = doc.row

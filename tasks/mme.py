@@ -27,13 +27,14 @@ from typing import Any, Sequence
 
 from omnibench import data
 from omnibench.protocol import Doc, Request, Task
+from tasks.common import SHORT_ANSWER
 
 HUB_ID = "lmms-lab/MME"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
               "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 YES_NO_SUFFIX = " Please answer yes or no."
-POST_PROMPT = "\nAnswer the question using a single word or phrase."
+POST_PROMPT = SHORT_ANSWER
 QUESTIONS_PER_IMAGE = 2
 
 

@@ -11,15 +11,14 @@ right here. We follow the official script.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 from omnibench import data
-from omnibench.protocol import Doc, Request, Task
+from omnibench.protocol import Doc
+from tasks.common import SingleImageQA
 
 HUB_ID = "lmms-lab/POPE"
 SPLITS = ("adversarial", "popular", "random")
-PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 
 def extract_yes_no(text: str) -> str:
@@ -68,7 +67,7 @@ def sample_rows() -> list[dict[str, Any]]:
     objects = ["circle", "square"]
     for i in range(6):
         shape = objects[i % 2]
-        asked = objects[(i // 2) % 2]
+        asked = shape if i < 3 else objects[(i + 1) % 2]  # each split: one yes, one no
         rows.append({
             "id": str(i), "question_id": str(i + 1),
             "question": f"Is there a {asked} in the image?",
@@ -80,7 +79,7 @@ def sample_rows() -> list[dict[str, Any]]:
     return rows
 
 
-class Pope(Task):
+class Pope(SingleImageQA):
     name = "pope"
     paper_column = "POPE"
     paper_metric = "pope_f1"
@@ -92,16 +91,8 @@ class Pope(Task):
             "id": "string", "question_id": "string", "question": "string", "answer": "string",
             "image_source": "string", "image": "image", "category": "string"})
 
-    def docs(self) -> Sequence[Doc]:
-        return [Doc(f"{row['category']}/{row['question_id']}", row) for row in self.ds]
-
-    def fingerprint(self) -> dict[str, Any]:
-        return data.fingerprint(self.ds, self.source, self.split)
-
-    def build_request(self, doc: Doc) -> Request:
-        row = doc.row
-        return Request(doc.doc_id, row["question"] + PROMPT_SUFFIX, [data.decode_image(row["image"])],
-                       {"max_new_tokens": 16})
+    def doc_id(self, row: dict[str, Any]) -> str:
+        return f"{row['category']}/{row['question_id']}"
 
     def process(self, doc: Doc, output: Any) -> dict[str, Any]:
         return {"category": doc.row["category"], "answer": doc.row["answer"].strip().lower(),
@@ -109,6 +100,3 @@ class Pope(Task):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return pope_scores(records)
-
-    def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        return []

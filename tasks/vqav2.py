@@ -27,12 +27,12 @@ from typing import Any, Sequence
 
 from omnibench import data
 from omnibench.cache import atomic_write_text
-from omnibench.protocol import Doc, OmnibenchError, Request, Task
+from omnibench.protocol import Doc, OmnibenchError
+from tasks.common import SingleImageQA
 
 HUB_ID = "lmms-lab/VQAv2"
 SCORED_SPLITS = ("validation",)
 TEST_SPLITS = ("testdev", "test")
-PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 # The official tables. Keys with capitals ("Im", "Ive", ...) can never match lower-cased text and
 # "somebody'd" maps the wrong way round; both are kept because the official scorer has them.
@@ -182,9 +182,10 @@ def sample_features() -> dict[str, Any]:
             "image": "image"}
 
 
-class VQAv2(Task):
+class VQAv2(SingleImageQA):
     name = "vqav2"
-    paper_column = "VQAv2"
+    # The paper prints test-dev (scored only by the evaluation server); a val score is its own column.
+    paper_column = "VQAv2(val)"
     paper_metric = "vqav2_accuracy"
 
     def __init__(self, **task_args: str) -> None:
@@ -202,16 +203,8 @@ class VQAv2(Task):
     def scored(self) -> bool:
         return self.split in SCORED_SPLITS
 
-    def docs(self) -> Sequence[Doc]:
-        return [Doc(str(row["question_id"]), row) for row in self.ds]
-
-    def fingerprint(self) -> dict[str, Any]:
-        return data.fingerprint(self.ds, self.source, self.split)
-
-    def build_request(self, doc: Doc) -> Request:
-        row = doc.row
-        return Request(doc.doc_id, row["question"] + PROMPT_SUFFIX, [data.decode_image(row["image"])],
-                       {"max_new_tokens": 16})
+    def doc_id(self, row: dict[str, Any]) -> str:
+        return str(row["question_id"])
 
     def process(self, doc: Doc, output: Any) -> dict[str, Any]:
         row = doc.row

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from omnibench import compare as compare_mod
-from omnibench.cli import main, parse_config
+from omnibench.cli import main
 from omnibench.config import RunConfig
 from omnibench.protocol import ModelAdapter, OmnibenchError
 from omnibench.runner import Runner, run_dir
@@ -195,3 +195,25 @@ def test_sigkilled_run_resumes_without_rerunning_and_ends_with_identical_scores(
     sa = next((tmp_path / "clean").glob("*/samples_pope.jsonl")).read_bytes()
     sb = next((tmp_path / "crash").glob("*/samples_pope.jsonl")).read_bytes()
     assert sa == sb
+
+
+def test_every_task_end_to_end_with_tiny_hf_model_through_the_cli(tmp_path, capsys):
+    tasks = ["pope", "mme", "vqav2", "gqa", "mmmu"]
+    code = main(["--model", "hf", "--model_args", "preset=tiny", "--tasks", ",".join(tasks), "--task_args",
+                 "sample=true", "--batch_size", "3", "--device", "cpu", "--output_path", str(tmp_path),
+                 "--log_samples"])
+    assert code == 0, capsys.readouterr().err
+    folder = next(tmp_path.glob("hf_*"))
+    results = json.loads((folder / "results.json").read_text())
+    for task in tasks:
+        head = results["headline"][task]["metric"]
+        assert head in results["results"][task], (task, results["results"][task])
+        assert results["n_samples"][task]["failed"] == 0
+        lines = (folder / f"samples_{task}.jsonl").read_text().splitlines()
+        assert len(lines) == results["n_samples"][task]["total"] > 0
+        assert all(isinstance(json.loads(l)["output"], str) for l in lines)
+    manifest = results["manifest"]
+    assert manifest["argv"][0] == "pytest" or manifest["config"]["tasks"] == tasks
+    assert manifest["datasets"]["pope"]["num_rows"] == 6 and manifest["packages"]["torch"]
+    report = (folder / "report.md").read_text()
+    assert "OmniMamba" in report and "**hf (omnibench, measured)**" in report and "MME-P" in report

@@ -7,7 +7,8 @@ from PIL import Image
 
 from omnibench import data
 from omnibench.protocol import Doc, OmnibenchError
-from tasks.gqa import GQA, PROMPT_SUFFIX, gqa_scores, normalize_prediction, predictions_file
+from tasks.common import SHORT_ANSWER as PROMPT_SUFFIX
+from tasks.gqa import GQA, gqa_scores, normalize_prediction, predictions_file
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ from PIL import Image
 
 from omnibench.protocol import Doc, OmnibenchError
 from tasks import vqav2
-from tasks.vqav2 import (PROMPT_SUFFIX, VQAv2, normalize_answer, process_digit_article, process_punctuation,
+from tasks.common import SHORT_ANSWER as PROMPT_SUFFIX
+from tasks.vqav2 import (VQAv2, normalize_answer, process_digit_article, process_punctuation,
                          submission_answer, vqa_accuracy, vqav2_scores)
 
 
@@ -143,7 +144,7 @@ def test_failed_sample_scores_zero():
 
 def test_sample_validation_loads_builds_requests_and_scores(tmp_path):
     task = VQAv2(sample="true")
-    assert (task.name, task.paper_column, task.paper_metric) == ("vqav2", "VQAv2", "vqav2_accuracy")
+    assert (task.name, task.paper_column, task.paper_metric) == ("vqav2", "VQAv2(val)", "vqav2_accuracy")
     docs = task.docs()
     assert len(docs) == 4 and len({d.doc_id for d in docs}) == 4
     req = task.build_request(docs[0])

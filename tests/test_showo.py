@@ -1,0 +1,174 @@
+"""Show-o adapter on its tiny preset: omni-attention masks, KV-cache decoding, the masked-diffusion
+sampler's schedule, the MAGVIT-v2 lookup-free codes, checkpoint round trip, and both entry points."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from omnibench.data import drawn_image
+from omnibench.protocol import OmnibenchError, Request
+from models.showo import ShowoAdapter
+from models.showo.checkpoint import from_pretrained, read_state_dict, save_weights, tiny_checkpoint
+from models.showo.magvit import LFQuantizer, image_transform
+from models.showo.modeling_showo import mmu_attention_mask, t2i_attention_mask, t2i_sample
+
+PAD, SOI, EOI, T2I, MMU, BOS, EOS, M = 0, 1, 2, 3, 4, 5, 6, 9
+
+
+@pytest.fixture(scope="module")
+def best():
+    return ShowoAdapter(preset="tiny", generation_timesteps="4")
+
+
+@pytest.fixture(scope="module")
+def published():
+    return ShowoAdapter(preset="tiny", generation_timesteps="4", mode="as_published")
+
+
+def test_t2i_mask_is_causal_over_text_and_full_over_the_image_without_pads():
+    ids = torch.tensor([[PAD, PAD, T2I, BOS, 7, EOS, SOI, M, M, EOI]])
+    got = t2i_attention_mask(ids, PAD, SOI, EOI)
+    assert got.shape == (1, 1, 10, 10) and got.dtype == torch.bool
+    expected = torch.tensor([
+        # cols: P  P  t2i bos 7 eos soi M  M  eoi
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # pad row: causal among the pads
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0, 0, 0, 0, 0],  # text after the pads does not see them
+        [0, 0, 1, 1, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 1, 1, 1, 1],  # <|soi|> .. <|eoi|>: every non-pad position
+        [0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(got[0, 0], expected)
+
+
+def test_t2i_mask_without_padding_rows_are_per_sample():
+    ids = torch.tensor([[T2I, BOS, EOS, SOI, M, EOI], [PAD, T2I, BOS, SOI, M, EOI]])
+    got = t2i_attention_mask(ids, PAD, SOI, EOI)[:, 0]
+    assert torch.equal(got[0, :3, :3], torch.ones(3, 3, dtype=torch.bool).tril())
+    assert got[0, 3:].all()
+    assert not got[1, 3:, 0].any() and got[1, 3:, 1:].all()
+
+
+def test_mmu_mask_sees_the_whole_image_prefix_and_is_causal_after_it():
+    ids = torch.tensor([[PAD, MMU, SOI, 20, 21, EOI, BOS, 7, 8]])
+    got = mmu_attention_mask(ids, PAD, EOI)[0, 0]
+    expected = torch.zeros(9, 9, dtype=torch.bool)
+    expected[0, 0] = True  # a pad row only sees itself
+    for row in range(1, 9):
+        expected[row, 1:max(row, 5) + 1] = True  # up to <|eoi|> (index 5), then causal
+    assert torch.equal(got, expected)
+
+
+def test_lookup_free_codes_take_the_first_channel_as_most_significant_bit():
+    q = LFQuantizer(4)
+    z = torch.tensor([1.0, -2.0, 0.5, -0.1]).view(1, 4, 1, 1)  # signs 1 0 1 0
+    assert q.codes(z).tolist() == [[0b1010]]
+    codes = torch.tensor([[0b1010, 0b0001, 0b1111, 0]])
+    lat = q.latents(codes)
+    assert lat.shape == (1, 4, 2, 2)
+    assert lat[0, :, 0, 0].tolist() == [1, -1, 1, -1]
+    assert torch.equal(q.codes(lat), codes)
+
+
+def test_image_transform_resizes_the_short_side_and_center_crops():
+    img = drawn_image(0, size=64).resize((60, 30))
+    x = image_transform(img, 16)
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+
+
+def test_sampler_reveals_tokens_on_the_cosine_schedule():
+    # 16 tokens, 4 steps: masked after each step floor(16 cos(pi/2 r)) = 14, 11, 6, then max(1, ...) = 1.
+    seen = []
+
+    def logits_fn(ids):
+        seen.append(int((ids == 99).sum()))
+        logits = torch.full((1, 16, 8), -30.0)
+        logits[..., 3] = 30.0  # code 3 is (almost) certain everywhere
+        return logits
+
+    gens = [torch.Generator().manual_seed(0)]
+    out = t2i_sample(logits_fn, torch.full((1, 16), 99), 4, 99, gens)
+    assert seen == [16, 14, 11, 6]
+    assert out.tolist() == [[3] * 16]
+
+
+def test_sampler_keeps_given_tokens():
+    start = torch.tensor([[5, 99, 99, 6]])
+    out = t2i_sample(lambda ids: torch.zeros(1, 4, 8), start, 3, 99, [torch.Generator().manual_seed(1)])
+    assert out[0, 0] == 5 and out[0, 3] == 6
+
+
+def test_kv_cache_decoding_equals_full_recomputation(best, published):
+    ids = best.mmu_ids([Request("a", "what is it?", [drawn_image(1, size=32)]),
+                        Request("b", "and the color of that one?", [drawn_image(2, size=32)])])
+    assert (ids[0, 0] == best.pad_id) and (ids[1, 0] != best.pad_id)  # left padding in play
+    s1, s2 = best.prefill(ids, max_new_tokens=4), published.prefill(ids)
+    torch.testing.assert_close(s1.logits, s2.logits, rtol=1e-4, atol=1e-4)
+    for tok in ([7, 8], [100, 3], [best.eos_id, 40]):
+        token = torch.tensor(tok)
+        torch.testing.assert_close(best.decode_step(s1, token), published.decode_step(s2, token),
+                                   rtol=1e-4, atol=1e-4)
+    assert s1.cache.length == ids.shape[1] + 3 and s2.cache is None
+
+
+def test_batched_answers_equal_single_answers(best):
+    reqs = [Request("a", "what?", [drawn_image(3, size=32)], {"max_new_tokens": 6}),
+            Request("b", "a longer question here?", [drawn_image(4, size=32)], {"max_new_tokens": 3})]
+    together = best.generate_text(reqs)
+    assert together == [best.generate_text([r])[0] for r in reqs]
+    assert all(isinstance(t, str) for t in together)
+
+
+def test_text_to_image_is_the_same_in_both_modes_and_batches(best, published):
+    reqs = [Request("x", "a red cat", seed=1), Request("y", "two dogs on a bus", seed=2)]
+    a = best.generate_image_tokens(reqs)
+    assert torch.equal(a, published.generate_image_tokens(reqs))
+    assert torch.equal(a[1:], best.generate_image_tokens(reqs[1:]))
+    assert a.min() >= 0 and a.max() < best.cfg.codebook_size
+    images = best.generate_images(reqs)
+    assert [im.size for im in images] == [(16, 16)] * 2 and images[0].mode == "RGB"
+
+
+def test_t2i_prompt_is_left_padded_to_max_text_len_plus_one(best):
+    row = best.t2i_prefix(["hi"])[0]
+    assert len(row) == best.cfg.max_text_len + 1
+    assert row[-5:] == [best.sp["<|t2i|>"], best.bos_id, ord("h"), ord("i"), best.eos_id]
+    assert set(row[:-5]) == {best.pad_id}
+    long = best.t2i_prefix(["x" * 300])[0]
+    assert len(long) == best.cfg.max_text_len + 1 and long[-1] == best.eos_id
+
+
+def test_checkpoint_keys_round_trip_and_mismatches_are_named(tmp_path):
+    root = tiny_checkpoint()
+    model, vq, tok = from_pretrained(str(root / "show-o"), str(root / "magvitv2"))
+    sd = read_state_dict(root / "show-o")
+    assert set(sd) == set(model.state_dict())
+    assert "showo.model.layers.0.self_attn.q_layernorm.weight" in sd and "showo.lm_head.bias" in sd
+    assert {"quantize.embedding", "quantize.power_vals", "encoder.quant_conv.weight",
+            "decoder.post_quant_conv.weight"} <= set(read_state_dict(root / "magvitv2"))
+    for key, val in model.state_dict().items():
+        assert torch.equal(val, sd[key])
+    # Drop one key and add a stray one: the error names both.
+    broken = tmp_path / "show-o"
+    broken.mkdir()
+    (broken / "config.json").write_text((root / "show-o" / "config.json").read_text())
+    save_weights(model, broken)
+    from safetensors.torch import load_file, save_file
+    bad = load_file(str(broken / "model.safetensors"))
+    del bad["showo.model.final_layernorm.bias"]
+    bad["showo.extra.weight"] = torch.zeros(1)
+    save_file(bad, str(broken / "model.safetensors"))
+    with pytest.raises(OmnibenchError, match=r"missing key\(s\) showo.model.final_layernorm.bias.*"
+                                             r"unexpected key\(s\) showo.extra.weight"):
+        from_pretrained(str(broken), str(root / "magvitv2"))
+    assert json.loads((root / "show-o" / "config.json").read_text())["vocab_size"] == len(tok) + 16 + 1
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(OmnibenchError, match="unknown mode"):
+        ShowoAdapter(preset="tiny", mode="fast")
