@@ -217,3 +217,24 @@ def test_every_task_end_to_end_with_tiny_hf_model_through_the_cli(tmp_path, caps
     assert manifest["datasets"]["pope"]["num_rows"] == 6 and manifest["packages"]["torch"]
     report = (folder / "report.md").read_text()
     assert "OmniMamba" in report and "**hf (omnibench, measured)**" in report and "MME-P" in report
+
+
+def test_torchrun_two_ranks_shard_and_gather_to_the_single_process_scores(tmp_path):
+    common = ["--model", "hf", "--model_args", "preset=tiny", "--tasks", "pope,mme", "--task_args", "sample=true",
+              "--batch_size", "2", "--device", "cpu", "--log_samples"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "run_eval.py", *common, "--output_path", str(tmp_path / "one")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            "--master_port", "29533", "run_eval.py", *common, "--output_path", str(tmp_path / "two")],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr
+    two = next((tmp_path / "two").glob("hf_*"))
+    assert sorted(p.name for p in (two / "cache").iterdir()) == [
+        "mme.rank0.jsonl", "mme.rank1.jsonl", "pope.rank0.jsonl", "pope.rank1.jsonl"]
+    a = json.loads(next((tmp_path / "one").glob("hf_*/results.json")).read_text())
+    b = json.loads((two / "results.json").read_text())
+    assert a["results"] == b["results"] and b["manifest"]["world_size"] == 2
+    assert next((tmp_path / "one").glob("hf_*/samples_pope.jsonl")).read_bytes() == \
+        (two / "samples_pope.jsonl").read_bytes()
