@@ -1,10 +1,11 @@
-"""Speed and memory sweep (Fig. 1(c)(d) and Table 3 of the OmniMamba paper).
+"""Speed and memory sweep to 100k tokens and image-generation speed (Fig. 1(c)(d), Table 3).
 
-Not implemented yet: it is tracked by its own issue (speed and memory sweep to 100k tokens). This script
-exits non-zero with that message rather than printing numbers it did not measure."""
+    python run_speed.py --models omnimamba,showo,janusflow --max-len 100000
+    python run_speed.py --device cpu --preset tiny --max-len 256          # CPU smoke run
+"""
 import sys
 
+from omnibench.speed_cli import main
+
 if __name__ == "__main__":
-    print("error: run_speed.py is not implemented yet (see the speed-sweep issue); use run_eval.py for accuracy",
-          file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""speed.json, speed.md and plots from the sweep's points, with the paper's Fig. 1 and Table 3 beside them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from omnibench.cache import atomic_write_text
+from omnibench.report import paper_table
+from omnibench.speed import with_totals
+
+GIB = 1024 ** 3
+# The paper's ratio claims (Fig. 1(c)(d)): baseline, metric, context length in tokens.
+CLAIM_LENGTHS = {"16K": 16384, "23K": 23552, "100K": 100000}
+
+
+def _gib(value: Any) -> float | None:
+    return value / GIB if isinstance(value, (int, float)) else None
+
+
+def _peak(p: dict[str, Any]) -> float | None:
+    """Peak memory of a point: NVML's process total when available (what the paper's nvidia-smi-style
+    numbers include), else torch's allocator peak."""
+    return p.get("peak_memory_bytes_nvml") or p.get("peak_memory_bytes_torch")
+
+
+def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for p in sorted((p for p in points if p["kind"] == "context"), key=lambda p: (p["model"], p["mode"], p["length"])):
+        ok = p.get("status") == "ok"
+        rows.append({
+            "model": p["model"], "mode": p["mode"], "length": p["length"], "status": p["status"],
+            "prefill_s": p.get("prefill_seconds") if ok else None,
+            "decode_ms_per_token": p["decode_seconds_per_token"] * 1e3 if ok else None,
+            "tokens_per_s": p.get("decode_tokens_per_second") if ok else None,
+            "total_s": p.get("total_seconds"), "total_source": p.get("total_source", ""),
+            "peak_torch_gib": _gib(p.get("peak_memory_bytes_torch")),
+            "peak_nvml_gib": _gib(p.get("peak_memory_bytes_nvml")),
+            "note": p.get("reason", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def _point(points: list[dict[str, Any]], model: str, mode: str, length: int) -> dict[str, Any] | None:
+    for p in points:
+        if p["kind"] == "context" and p["model"] == model and p["mode"] == mode and p["length"] == length \
+                and p.get("status") == "ok":
+            return p
+    return None
+
+
+def ratio_rows(points: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Our speedup (total time ratio) and memory saving of omnimamba against each baseline at the
+    paper's claim lengths, beside the paper's numbers."""
+    fig = paper_table("fig1_speed") or {"claims": []}
+    rows = []
+    for claim in fig["claims"]:
+        baseline = "showo" if claim["vs"].lower().startswith("show") else "janusflow"
+        length = CLAIM_LENGTHS.get(claim["seq_len"])
+        ours, theirs = _point(points, "omnimamba", mode, length), _point(points, baseline, mode, length)
+        value = None
+        if ours and theirs:
+            if claim["metric"] == "inference_time_speedup" and ours.get("total_seconds") and theirs.get("total_seconds"):
+                value = theirs["total_seconds"] / ours["total_seconds"]
+            elif claim["metric"] == "gpu_memory_reduction" and _peak(ours) and _peak(theirs):
+                value = 100 * (1 - _peak(ours) / _peak(theirs))
+        rows.append({"vs": baseline, "mode": mode, "metric": claim["metric"], "length": length,
+                     "paper": f"{claim['value']}{claim['unit']}",
+                     "measured": "-" if value is None else f"{value:.1f}{claim['unit']}",
+                     "why missing": "" if value is not None else
+                     ("baseline point not ok (oom/timeout/not run)" if ours else "omnimamba point not ok / not run")})
+    return rows
+
+
+def image_table(points: list[dict[str, Any]]) -> pd.DataFrame:
+    paper = {r["model"].lower().replace("-", ""): r for r in (paper_table("table3_gen_speed") or {"rows": []})["rows"]}
+    rows = []
+    for p in sorted((p for p in points if p["kind"] == "image_gen"), key=lambda p: (p["model"], p["mode"])):
+        ref = paper.get(p["model"].lower())
+        rows.append({"model": p["model"], "mode": p["mode"], "status": p["status"], "batch": p.get("batch"),
+                     "images_per_s": p.get("images_per_second"), "total_s": p.get("total_seconds"),
+                     "paper_images_per_s": ref and ref.get("gen_avg_images_per_s"),
+                     "paper_total_s": ref and ref.get("total_s"), "note": p.get("reason", "")})
+    return pd.DataFrame(rows)
+
+
+def plot(points: list[dict[str, Any]], folder: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    ctx = [p for p in points if p["kind"] == "context" and p.get("status") == "ok"]
+    for name, key, ylabel, scale, logy in (
+            ("speed_time.png", "total_seconds", "total generation time (s)", 1.0, True),
+            ("speed_decode.png", "decode_seconds_per_token", "decode latency (ms/token)", 1e3, True),
+            ("speed_memory.png", None, "peak GPU memory (GiB)", 1.0 / GIB, False)):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (model, mode) in sorted({(p["model"], p["mode"]) for p in ctx}):
+            series = sorted((p["length"], (p.get(key) if key else _peak(p))) for p in ctx
+                            if p["model"] == model and p["mode"] == mode)
+            series = [(x, y * scale) for x, y in series if y is not None]
+            if series:
+                ax.plot(*zip(*series), marker="o", label=f"{model} ({mode})")
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    points = with_totals(points)
+    atomic_write_text(folder / "speed.json", json.dumps({"schema_version": 1, "manifest": manifest,
+                                                         "points": points}, indent=2, sort_keys=True) + "\n")
+    modes = sorted({p["mode"] for p in points})
+    ctx = context_table(points)
+    parts = ["# Speed and memory of long generation and image generation\n",
+             f"Command: `{manifest.get('command')}`  \nHardware: {manifest.get('hardware')}  \n"
+             f"Packages: {manifest.get('packages')}  \nSweep: {manifest.get('config')}\n",
+             "Weights: " + ("random (full-size architecture; speed and memory do not depend on weight values)"
+                            if manifest.get("config", {}).get("preset") == "full" else "see config") + ".\n",
+             "What is timed: at batch 1, prefill of a context of the given length (median of repeats), then "
+             "decode steps appending one token each at that context (median latency after warm-up, CUDA events). "
+             "`total_s` is the time of a generation forced (stop tokens ignored) up to the length: `measured` "
+             "where it fit the budget, else `integrated` from the per-point decode latencies (linear between "
+             "points) plus the prefill of the first point. Peak memory: torch `max_memory_allocated` and the "
+             "process's NVML total (which adds the CUDA context and allocator cache).\n",
+             "## Long generation\n", ctx.to_markdown(index=False, floatfmt=".4g") if len(ctx) else "(no points)", ""]
+    for mode in modes:
+        parts += [f"## Ratios against the paper's claims ({mode} mode)\n",
+                  pd.DataFrame(ratio_rows(points, mode)).to_markdown(index=False), ""]
+    fig = paper_table("fig1_speed")
+    if fig:
+        parts.append(f"Paper: {fig['source']}, GPU: {fig.get('gpu')}.\n")
+    img = image_table(points)
+    parts += ["## Image generation (Table 3 setting: batch 16, 256 px, prompt \"A Picture\")\n",
+              img.to_markdown(index=False, floatfmt=".4g") if len(img) else "(not run)", ""]
+    plots = plot(points, folder)
+    parts.append("\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    atomic_write_text(folder / "speed.md", "\n".join(parts))
+    return {"json": folder / "speed.json", "md": folder / "speed.md", **{p.stem: p for p in plots}}

@@ -1,0 +1,131 @@
+"""The speed sweep's machinery on CPU: points, OOM and timeout handling, resume, totals, reports."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from omnibench.protocol import ModelAdapter
+from omnibench.speed import SweepConfig, integrated_total_seconds, run_sweep, with_totals
+from omnibench.speed_report import write_reports
+
+
+class TinyRecurrent(ModelAdapter):
+    """A real (small) recurrent LM: prefill reads the context, decode_step advances a fixed-size state.
+    Raises CUDA's OOM error at contexts of `oom_at` tokens or more."""
+
+    name = "tiny_recurrent"
+
+    def __init__(self, oom_at=None, sleep_per_step=0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(1000, 16)
+        self.cell = torch.nn.GRUCell(16, 16)
+        self.head = torch.nn.Linear(16, 1000)
+        self.oom_at = oom_at
+        self.sleep = sleep_per_step
+
+    @torch.inference_mode()
+    def prefill(self, input_ids):
+        if self.oom_at is not None and input_ids.shape[1] >= self.oom_at:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        h = torch.zeros(input_ids.shape[0], 16)
+        for t in range(input_ids.shape[1]):
+            h = self.cell(self.emb(input_ids[:, t]), h)
+        return {"h": h}
+
+    @torch.inference_mode()
+    def decode_step(self, state, token):
+        if self.sleep:
+            import time
+            time.sleep(self.sleep)
+        state["h"] = self.cell(self.emb(token), state["h"])
+        return self.head(state["h"])
+
+    def generate_images(self, requests):
+        return [Image.new("RGB", (8, 8), (r.seed % 255, 0, 0)) for r in requests]
+
+
+def cfg_for(tmp_path, **kw):
+    base = dict(models=["a", "b"], lengths=[8, 16, 32, 64], device="cpu", dtype="float32", preset="tiny",
+                decode_steps=4, warmup_steps=1, repeats=1, full_generation_budget_s=0.0, image_batch=2,
+                output_dir=str(tmp_path))
+    return SweepConfig(**{**base, **kw})
+
+
+def test_oom_point_is_recorded_longer_ones_skipped_and_other_models_go_on(tmp_path):
+    built = []
+
+    def factory(model, mode):
+        built.append(model)
+        return TinyRecurrent(oom_at=32 if model == "a" else None)
+
+    points = run_sweep(cfg_for(tmp_path), factory, log=lambda s: None)
+    status = {(p["model"], p["length"]): p["status"] for p in points if p["kind"] == "context"}
+    assert status == {("a", 8): "ok", ("a", 16): "ok", ("a", 32): "oom", ("a", 64): "skipped",
+                      ("b", 8): "ok", ("b", 16): "ok", ("b", 32): "ok", ("b", 64): "ok"}
+    oom = next(p for p in points if p["model"] == "a" and p["length"] == 32)
+    assert "OutOfMemoryError" in oom["reason"]
+    ok = next(p for p in points if p["model"] == "b" and p["length"] == 64)
+    assert ok["decode_steps_timed"] == 4 and ok["decode_seconds_per_token"] > 0 and ok["prefill_seconds"] > 0
+    images = [p for p in points if p["kind"] == "image_gen"]
+    assert {p["model"] for p in images} == {"a", "b"} and all(p["batch"] == 2 for p in images)
+    assert built == ["a", "b"]
+
+
+def test_rerun_skips_finished_points_and_measures_only_new_ones(tmp_path):
+    run_sweep(cfg_for(tmp_path, lengths=[8, 16]), lambda m, mode: TinyRecurrent(), log=lambda s: None)
+    built = []
+
+    def counting(model, mode):
+        built.append(model)
+        return TinyRecurrent()
+
+    run_sweep(cfg_for(tmp_path, lengths=[8, 16]), counting, log=lambda s: None)
+    assert built == []  # everything was on disk: no model is even built
+    points = run_sweep(cfg_for(tmp_path, lengths=[8, 16, 24]), counting, log=lambda s: None)
+    assert built == ["a", "b"]
+    lines = (tmp_path / "speed_points.jsonl").read_text().splitlines()
+    assert sum(json.loads(l)["length"] == 24 for l in lines) == 2
+    assert len(lines) == 2 * 3 + 2  # three lengths per model + one image point per model
+    assert len([p for p in points if p["kind"] == "context"]) == 6
+
+
+def test_point_timeout_is_recorded_and_the_sweep_goes_on(tmp_path):
+    points = run_sweep(cfg_for(tmp_path, models=["slow"], lengths=[8, 16], point_timeout_s=1.0, decode_steps=200),
+                       lambda m, mode: TinyRecurrent(sleep_per_step=0.05), log=lambda s: None)
+    status = {p["length"]: p for p in points if p["kind"] == "context"}
+    # Three or more steps fit before the deadline: the point stands on what was timed.
+    assert status[8]["status"] == "ok" and 3 <= status[8]["decode_steps_timed"] < 200
+    points = run_sweep(cfg_for(tmp_path / "b", models=["slower"], lengths=[8, 16], point_timeout_s=0.01),
+                       lambda m, mode: TinyRecurrent(sleep_per_step=0.02), log=lambda s: None)
+    status = {p["length"]: p["status"] for p in points if p["kind"] == "context"}
+    assert status == {8: "timeout", 16: "skipped"}
+
+
+def test_integrated_total_is_the_trapezoid_of_decode_latency_plus_prefill():
+    pts = [{"kind": "context", "status": "ok", "length": 1000, "decode_seconds_per_token": 0.001},
+           {"kind": "context", "status": "ok", "length": 3000, "decode_seconds_per_token": 0.003}]
+    # from 500 to 1000 flat at 1 ms (0.5 s), 1000 -> 3000 linear 1 -> 3 ms (2000 * 2 ms = 4 s), + 0.25 s prefill
+    assert integrated_total_seconds(pts, 3000, 0.25, 500) == pytest.approx(0.5 + 4.0 + 0.25)
+    assert integrated_total_seconds(pts, 2000, 0.25, 500) is None  # no point at 2000: no claim
+
+
+def test_measured_total_replaces_the_integral_when_it_fits_the_budget(tmp_path):
+    points = run_sweep(cfg_for(tmp_path, models=["a"], lengths=[8, 16], full_generation_budget_s=100.0),
+                       lambda m, mode: TinyRecurrent(), log=lambda s: None)
+    totals = {p["length"]: p for p in with_totals(points) if p["kind"] == "context"}
+    assert totals[16]["total_source"] == "measured" and totals[16]["total_seconds"] > 0
+
+
+def test_reports_render_tables_ratios_and_plots(tmp_path):
+    points = run_sweep(cfg_for(tmp_path, models=["omnimamba", "showo"], lengths=[8, 16384]),
+                       lambda m, mode: TinyRecurrent(oom_at=16384 if m == "showo" else None), log=lambda s: None)
+    paths = write_reports(points, {"command": "run_speed.py --test", "config": {"preset": "tiny"}}, tmp_path)
+    md = paths["md"].read_text()
+    assert "| omnimamba | best" in md and "oom" in md
+    assert "119.2x" in md and "baseline point not ok" in md  # the paper's claim, and why ours is missing
+    for name in ("speed_time", "speed_decode", "speed_memory"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(paths["json"].read_text())
+    assert data["manifest"]["command"] == "run_speed.py --test" and len(data["points"]) == len(points)
