@@ -3,4 +3,6 @@ that one family's heavy dependencies never load for another."""
 MODELS: dict[str, str] = {
     "hf": "models.hf:HFAdapter",
     "omnimamba": "models.omnimamba:OmniMambaAdapter",
+    "showo": "models.showo:ShowoAdapter",
+    "janusflow": "models.janusflow:JanusFlowAdapter",
 }

@@ -52,6 +52,8 @@ class Task(abc.ABC):
 
     def __init__(self, **task_args: str) -> None:
         self.task_args = dict(task_args)
+        # Set by the runner before generation: this run's folder. Image outputs are paths relative to it.
+        self.run_dir: Path | None = None
 
     @abc.abstractmethod
     def docs(self) -> Sequence[Doc]:

@@ -85,6 +85,7 @@ class Runner:
         results, counts, timing, fingerprints = {}, {}, {}, {}
         gathered: dict[str, list[dict[str, Any]]] = {}
         for task in tasks:
+            task.run_dir = self.dir
             docs = limit_docs(list(task.docs()), cfg.limit)
             ids = [d.doc_id for d in docs]
             if len(set(ids)) != len(ids):
@@ -146,6 +147,11 @@ class Runner:
             except Exception as exc:  # a corrupt image fails its sample, not the run
                 reason = str(exc) if isinstance(exc, OmnibenchError) else f"{type(exc).__name__}: {exc}"
                 records[doc.doc_id] = self._record(task, doc, index, None, None, reason)
+        if task.output_type == "image":
+            # An image on disk whose record was lost (killed between the two writes) is not redrawn.
+            for doc, req in [(d, r) for d, r in requests if self._image_path(task, r.sample_id).exists()]:
+                records[doc.doc_id] = self._record(task, doc, index, req.prompt, self._image_rel(task, doc.doc_id), None)
+            requests = [(d, r) for d, r in requests if d.doc_id not in records]
         if requests:
             reqs = [r for _, r in requests]
             if task.output_type == "image":
@@ -165,13 +171,20 @@ class Runner:
         return {"sample_id": doc.doc_id, "doc_index": index[doc.doc_id], "prompt": prompt, "output": output,
                 "error": error, "record": task.process(doc, output)}
 
+    def _image_rel(self, task: Task, sample_id: str) -> str:
+        """Where a generated image lives, relative to the run folder (records stay valid if it moves)."""
+        return f"images/{task.name}/{_safe_name(sample_id)}.png"
+
+    def _image_path(self, task: Task, sample_id: str) -> Path:
+        return self.dir / self._image_rel(task, sample_id)
+
     def _save_image(self, task: Task, sample_id: str, image) -> str:
-        path = self.dir / "images" / task.name / f"{_safe_name(sample_id)}.png"
+        path = self._image_path(task, sample_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.png")
         image.save(tmp)
         tmp.replace(path)
-        return str(path.relative_to(self.dir))
+        return self._image_rel(task, sample_id)
 
     def _write(self, tasks: list[Task], results: dict, counts: dict, timing: dict, fingerprints: dict,
                gathered: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -5,4 +5,5 @@ TASKS: dict[str, str] = {
     "vqav2": "tasks.vqav2:VQAv2",
     "gqa": "tasks.gqa:GQA",
     "mmmu": "tasks.mmmu:MMMU",
+    "coco_fid30k": "tasks.coco_fid:CocoFid",
 }

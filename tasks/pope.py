@@ -6,8 +6,11 @@ exactly "No", "no" or "not", else "yes". Metrics per split (random, popular, adv
 precision, recall, F1 and yes-ratio, then their mean over the splits present. The paper's POPE column
 is the mean F1 (the number LLaVA-1.5 and its successors report).
 
-lmms-eval differs: it scores `pred.lower().strip() == answer`, so "Yes, there is." is wrong there and
-right here. We follow the official script.
+lmms-eval differs in three ways (pinned in tests/test_lmms_eval_parity.py): it scores
+`pred.lower().strip() == answer`, so "Yes, there is." is wrong there and right here; its yes-ratio is
+the share of gold "yes" answers, not of predicted ones; and its `pope` task pools the three splits
+instead of averaging them. We follow the official script. We cap answers at 16 new tokens (a yes/no
+answer needs a few; lmms-eval asks for 128, which only matters for a model that rambles before it answers).
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ leave-one-human-out subsets of min(#humans in the subset who gave the prediction
 What is scored is the answer a submission would carry: the model output after the EvalAI answer
 processing that LLaVA's `convert_vqav2_for_submission.py` and lmms-eval apply before the official rule
 (lower case, ',' and '?' dropped, "'s" split off as " 's", then the same punctuation / digit / article
-steps). So validation accuracy here equals lmms-eval's `vqav2_val` number, and the test-dev export is the
-file LLaVA uploads. Fed raw, the official rule would give "Yes" 0 on a question all ten humans answered
+steps). The test-dev export is the file LLaVA uploads. lmms-eval's `vqav2_val` differs where all ten
+humans agree on an answer that normalisation would change (it normalises them anyway: "two" vs "2"),
+see tests/test_lmms_eval_parity.py. Fed raw, the official rule would give "Yes" 0 on a question all ten humans answered
 "yes"; the price of the EvalAI step is that "man's" becomes "man 's" and misses a human "man's".
 
 Test splits (`testdev`, `test`) have no answers: nothing is scored, `export` writes the EvalAI file.

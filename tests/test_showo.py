@@ -2,7 +2,6 @@
 sampler's schedule, the MAGVIT-v2 lookup-free codes, checkpoint round trip, and both entry points."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -73,6 +72,9 @@ def test_lookup_free_codes_take_the_first_channel_as_most_significant_bit():
     assert lat.shape == (1, 4, 2, 2)
     assert lat[0, :, 0, 0].tolist() == [1, -1, 1, -1]
     assert torch.equal(q.codes(lat), codes)
+    # 13 bits (Show-o's 8192 codes) stay exact when the tokenizer runs in bfloat16.
+    q13 = LFQuantizer(13).to(torch.bfloat16)
+    assert q13.codes(q13.latents(torch.tensor([[8191, 4097, 0, 1]]))).tolist() == [[8191, 4097, 0, 1]]
 
 
 def test_image_transform_resizes_the_short_side_and_center_crops():
@@ -114,6 +116,21 @@ def test_kv_cache_decoding_equals_full_recomputation(best, published):
         torch.testing.assert_close(best.decode_step(s1, token), published.decode_step(s2, token),
                                    rtol=1e-4, atol=1e-4)
     assert s1.cache.length == ids.shape[1] + 3 and s2.cache is None
+    # A cache sized for fewer tokens grows instead of failing (the speed sweep decodes long).
+    s3 = best.prefill(ids)
+    for tok in ([7, 8], [100, 3], [best.eos_id, 40]):
+        last = best.decode_step(s3, torch.tensor(tok))
+    torch.testing.assert_close(last, s1.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_text_only_context_takes_the_maskless_causal_path_with_the_same_logits(best, published):
+    ids = torch.randint(10, 200, (2, 12), generator=torch.Generator().manual_seed(0))  # the speed sweep's kind
+    s1, s2 = best.prefill(ids), published.prefill(ids)
+    assert not s1.padded
+    torch.testing.assert_close(s1.logits, s2.logits, rtol=1e-4, atol=1e-4)
+    for _ in range(3):
+        token = s1.logits.argmax(-1)
+        torch.testing.assert_close(best.decode_step(s1, token), published.decode_step(s2, token), rtol=1e-4, atol=1e-4)
 
 
 def test_batched_answers_equal_single_answers(best):
@@ -137,7 +154,9 @@ def test_text_to_image_is_the_same_in_both_modes_and_batches(best, published):
 def test_t2i_prompt_is_left_padded_to_max_text_len_plus_one(best):
     row = best.t2i_prefix(["hi"])[0]
     assert len(row) == best.cfg.max_text_len + 1
-    assert row[-5:] == [best.sp["<|t2i|>"], best.bos_id, ord("h"), ord("i"), best.eos_id]
+    hi = best.tokenizer("hi")["input_ids"]
+    assert len(hi) == 2 and best.bos_id not in hi  # Phi's tokenizer adds no bos: the prompt does
+    assert row[-5:] == [best.sp["<|t2i|>"], best.bos_id, *hi, best.eos_id]
     assert set(row[:-5]) == {best.pad_id}
     long = best.t2i_prefix(["x" * 300])[0]
     assert len(long) == best.cfg.max_text_len + 1 and long[-1] == best.eos_id

@@ -1,0 +1,280 @@
+"""`--model janusflow`: JanusFlow-1.3B behind omnibench's ModelAdapter contract.
+
+model_args:
+- `pretrained=<folder | hub id>` (default deepseek-ai/JanusFlow-1.3B), `vae=` (default
+  stabilityai/sdxl-vae; needs the `diffusers` package); or `preset=tiny` (random weights, for tests).
+- `mode=best` (default): the text-to-image prompt is run once and cached for all ODE steps.
+  `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt at every step. Text
+  decoding uses the KV cache in both modes, as upstream's `generate(use_cache=True)`.
+- `system_prompt=` for understanding (default: VLChatProcessor's; `system_prompt=` empty for none).
+- text-to-image: `cfg_weight` (default 2.0) and `num_inference_steps` (default 30), the README's call.
+
+dtype `auto` is bfloat16 on CUDA (as published), float32 on CPU. Attention is SDPA, or FlashAttention-2
+on CUDA when flash-attn is installed.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+
+from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
+                         ImageProcessing, from_pretrained, load_vae, tiny_checkpoint)
+from .modeling_janusflow import JanusFlow, attn_implementation, rectified_flow_sample
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+MODES = ("best", "as_published")
+
+
+def sft_prompt(user: str, system: str) -> str:
+    """Janus `deepseek` conversation template: "{system}\\n\\nUser: {user}\\n\\nAssistant:", stripped."""
+    head = f"{system}\n\n" if system else ""
+    return f"{head}User: {user.strip()}\n\nAssistant:".strip()
+
+
+def preprocess(img: Image.Image, p: ImageProcessing) -> torch.Tensor:
+    """VLMImageProcessor: bicubic resize of the long side to image_size, pad to a centred square with
+    int(mean * 255), rescale to [0, 1], normalise with the processor's mean/std."""
+    img = img.convert("RGB")
+    w, h = img.size
+    longest = max(w, h)
+    size = (max(int(w / longest * p.image_size), p.min_size), max(int(h / longest * p.image_size), p.min_size))
+    img = img.resize(size, Image.BICUBIC)
+    w, h = img.size
+    if w != h:
+        side = max(w, h)
+        square = Image.new("RGB", (side, side), tuple(int(m * 255) for m in p.image_mean))
+        square.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = square
+    x = np.asarray(img, dtype=np.float32) * p.rescale_factor
+    if p.do_normalize:
+        x = (x - np.asarray(p.image_mean, np.float32)) / np.asarray(p.image_std, np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1)
+
+
+@dataclass
+class DecodeState:
+    """Text decoding state: the HF KV cache, the (B, L) attention mask so far, each row's next
+    position id, and the last position's logits (B, V)."""
+
+    cache: Any
+    attention_mask: torch.Tensor
+    next_position: torch.Tensor
+    logits: torch.Tensor
+
+
+class JanusFlowAdapter(ModelAdapter):
+    """JanusFlow for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
+
+    For the speed sweep:
+    - `prefill(input_ids)`: reads a (B, L) batch of token ids (left-padded with the pad id) through
+      the language model, filling its KV cache; returns a `DecodeState` whose `logits` are (B, V).
+    - `decode_step(state, token)`: feeds one token per row (B,) and returns the next logits (B, V).
+    """
+
+    name = "janusflow"
+
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+        super().__init__(device, dtype, **model_args)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        elif dtype in _DTYPES:
+            torch_dtype = _DTYPES[dtype]
+        else:
+            raise OmnibenchError(f"unknown dtype '{dtype}' for model janusflow (known: auto, {', '.join(_DTYPES)})")
+        preset = model_args.get("preset")
+        if preset not in (None, "tiny"):
+            raise OmnibenchError(f"unknown preset '{preset}' for model janusflow (known: tiny)")
+        self.mode = model_args.get("mode", "best")
+        if self.mode not in MODES:
+            raise OmnibenchError(f"unknown mode '{self.mode}' for model janusflow (known: {', '.join(MODES)})")
+        self.cfg_weight = float(model_args.get("cfg_weight", 2.0))
+        self.steps = int(model_args.get("num_inference_steps", 30))
+        self.system_prompt = model_args.get("system_prompt", SYSTEM_PROMPT)
+        if preset == "tiny":
+            root = tiny_checkpoint()
+            source, self.vae_source = str(root), str(root / "vae")
+        else:
+            source = model_args.get("pretrained", DEFAULT_PRETRAINED)
+            self.vae_source = model_args.get("vae", DEFAULT_VAE)
+        attn = attn_implementation(device, torch_dtype)
+        model, self.tokenizer, self.processing, processor = from_pretrained(source, attn)
+        self.model: JanusFlow = model.to(device=device, dtype=torch_dtype)
+        self.torch_dtype = torch_dtype
+        self.vae = None
+        tok = self.tokenizer
+        self.ids = {t: tok.convert_tokens_to_ids(t) for t in (IMAGE_TAG, BOI_TAG, EOI_TAG, GEN_TAG)}
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.num_image_tokens = int(processor.get("num_image_tokens", model.config.siglip.num_tokens))
+        # transformers 5 names the cache argument `cache`; 4.x `past_key_values`.
+        params = inspect.signature(self.model.language_model.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.beg_of_und_embed.device
+
+    def _lm(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache=None):
+        """Last hidden states and the cache of the Llama body (transformers' LlamaModel)."""
+        out = self.model.language_model.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                              position_ids=positions, use_cache=True, **{self._cache_kw: cache})
+        return out.last_hidden_state, (out["cache"] if "cache" in out else out.get("past_key_values"))
+
+    def encode(self, text: str) -> list[int]:
+        """<bos> + tokens: what upstream's LlamaTokenizerFast (add_bos_token) gives, whatever the
+        serialised post-processor says."""
+        return [self.bos_id] + self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.get_input_embeddings()(ids)
+
+    @staticmethod
+    def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+        """transformers' generate(): cumulative count of real tokens, 1 at pads."""
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+
+    # -- understanding --
+    def mmu_inputs(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input embeddings (B, L, D) and attention mask (B, L): the chat prompt with each
+        image's placeholder expanded to <begin_of_image> + n x <image_placeholder> + <end_of_image>,
+        <begin_of_image> and the placeholders then replaced by the image embeddings."""
+        rows, slots = [], []
+        for req in requests:
+            user = "".join(f"{IMAGE_TAG}\n" for _ in req.images) + req.prompt
+            ids = self.encode(sft_prompt(user, self.system_prompt))
+            row, slot = [], []
+            for t in ids:
+                if t == self.ids[IMAGE_TAG]:
+                    slot.append(len(row))
+                    row += [self.ids[BOI_TAG]] + [t] * self.num_image_tokens + [self.ids[EOI_TAG]]
+                else:
+                    row.append(t)
+            rows.append(row)
+            slots.append(slot)
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self._device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self._device)
+        embeds = self._embed(ids)
+        images = [img for req in requests for img in req.images]
+        if images:
+            pixels = torch.stack([preprocess(img, self.processing) for img in images]).to(self._device)
+            feats = self.model.image_embeddings(pixels).to(embeds.dtype)
+            k = 0
+            for i, (row, slot) in enumerate(zip(rows, slots)):
+                for start in slot:
+                    at = width - len(row) + start
+                    embeds[i, at:at + feats.shape[1]] = feats[k]
+                    k += 1
+        return embeds, mask
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                embeds: torch.Tensor | None = None) -> DecodeState:
+        input_ids = input_ids.to(self._device)
+        if attention_mask is None:
+            attention_mask = (input_ids != self.pad_id).long()
+        embeds = self._embed(input_ids) if embeds is None else embeds
+        return self._prefill(embeds, attention_mask.to(self._device))
+
+    def _prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> DecodeState:
+        positions = self._positions(attention_mask)
+        hidden, cache = self._lm(embeds, attention_mask, positions)
+        logits = self.model.language_model.lm_head(hidden[:, -1]).float()
+        return DecodeState(cache, attention_mask, positions[:, -1] + 1, logits)
+
+    @torch.inference_mode()
+    def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
+        token = token.to(self._device).view(-1, 1)
+        state.attention_mask = torch.cat([state.attention_mask, torch.ones_like(token)], dim=1)
+        hidden, state.cache = self._lm(self._embed(token), state.attention_mask, state.next_position[:, None],
+                                       state.cache)
+        state.next_position = state.next_position + 1
+        state.logits = self.model.language_model.lm_head(hidden[:, -1]).float()
+        return state.logits
+
+    @torch.inference_mode()
+    def generate_text(self, requests: Sequence[Request]) -> list[str]:
+        limits = [int(r.gen_kwargs.get("max_new_tokens", 512)) for r in requests]  # README: 512
+        state = self._prefill(*self.mmu_inputs(requests))
+        done = torch.zeros(len(requests), dtype=torch.bool, device=self._device)
+        out = []
+        for step in range(max(limits)):
+            token = torch.where(done, self.eos_id, state.logits.argmax(-1))
+            out.append(token)
+            done |= token == self.eos_id
+            if bool(done.all()) or step == max(limits) - 1:
+                break
+            self.decode_step(state, token)
+        texts = []
+        for row, limit in zip(torch.stack(out, 1).tolist(), limits):
+            row = row[:limit]
+            row = row[:row.index(self.eos_id)] if self.eos_id in row else row
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    # -- text-to-image --
+    def t2i_prompt(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Upstream's CFG batch, left-padded: rows [0, B) the prompt "User: {caption}\\n\\nAssistant:"
+        + <begin_of_generation> minus that last token (its place goes to t_emb); rows [B, 2B) the same
+        length of <bos> then masked pads. Returns embeddings (2B, W, D), attention mask (2B, W) and
+        position ids (2B, W) that number each prompt from 0 as if it were alone."""
+        prompts = [self.encode(sft_prompt(r.prompt, "") + GEN_TAG)[:-1] for r in requests]
+        width = max(len(p) for p in prompts)
+        ids, mask, pads = [], [], []
+        for uncond in (False, True):
+            for p in prompts:
+                pad = width - len(p)
+                body = [self.bos_id] + [self.pad_id] * (len(p) - 1) if uncond else p
+                ids.append([self.pad_id] * pad + body)
+                mask.append([0] * pad + ([1] + [0] * (len(p) - 1) if uncond else [1] * len(p)))
+                pads.append(pad)
+        ids = torch.tensor(ids, device=self._device)
+        mask = torch.tensor(mask, device=self._device)
+        pos = (torch.arange(width, device=self._device)[None] - torch.tensor(pads, device=self._device)[:, None])
+        return self._embed(ids), mask, pos.clamp(min=0)
+
+    @torch.inference_mode()
+    def generate_latents(self, requests: Sequence[Request]) -> torch.Tensor:
+        g = self.model.config.gen
+        prompt, mask, pos = self.t2i_prompt(requests)
+        n = g.num_tokens
+        full_mask = torch.cat([mask, torch.ones(mask.shape[0], 1 + n, dtype=mask.dtype, device=self._device)], 1)
+        tail_pos = pos[:, -1:] + 1 + torch.arange(1 + n, device=self._device)[None]
+        cache = None
+        if self.mode == "best":
+            _, cache = self._lm(prompt, mask, pos)
+
+        def run_llm(extra: torch.Tensor) -> torch.Tensor:
+            if cache is None:  # as published: the whole sequence at every step
+                hidden, _ = self._lm(torch.cat([prompt, extra], 1), full_mask, torch.cat([pos, tail_pos], 1))
+                return hidden
+            hidden, _ = self._lm(extra, full_mask, tail_pos, cache)
+            cache.crop(-(1 + n))  # drop this step's positions: the prompt stays for the next step
+            return hidden
+
+        gens = [torch.Generator().manual_seed(int(r.seed)) for r in requests]
+        shape = (g.latent_channels, g.latent_size, g.latent_size)
+        z = torch.stack([torch.randn(shape, generator=gen) for gen in gens]).to(self._device, self.torch_dtype)
+        return rectified_flow_sample(lambda zz, t: self.model.velocity(run_llm, zz, t), z, self.steps, self.cfg_weight)
+
+    @torch.inference_mode()
+    def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
+        z = self.generate_latents(requests)
+        if self.vae is None:
+            self.vae = load_vae(self.vae_source, self._device, self.torch_dtype)
+        x = self.vae.decode(z / self.vae.config.scaling_factor).sample
+        # torchvision save_image of clip(-1, 1) * 0.5 + 0.5: times 255, + 0.5, truncated to uint8.
+        x = (x.float().clamp(-1, 1) * 0.5 + 0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+        return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).cpu().numpy()]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "mode": self.mode, "cfg_weight": self.cfg_weight,
+                "num_inference_steps": self.steps, "system_prompt": self.system_prompt}

@@ -1,0 +1,251 @@
+"""`--model showo`: Show-o (discrete MAGVIT-v2 tokens) behind omnibench's ModelAdapter contract.
+
+model_args:
+- `pretrained=<folder | hub id>` (default showlab/show-o; showlab/show-o-512x512 for 512 px),
+  `vq_model=` (default showlab/magvitv2), `llm=` (default the checkpoint's llm_model_path,
+  microsoft/phi-1_5: Phi sizes and tokenizer); or `preset=tiny` (random weights, 16 px, for tests).
+- `mode=best` (default): KV cache for text decoding, the text prefix of text-to-image computed once,
+  logits only where they are read. `mode=as_published`: upstream's cost model, every new token and
+  every denoising step recomputes the whole sequence and the full-vocabulary fp32 logits. Both give
+  the same outputs up to floating-point rounding.
+- text-to-image: `guidance_scale` (default 5), `generation_timesteps` (default 50), `temperature`
+  (default 1.0): the README's t2i command; cosine mask schedule.
+
+dtype `auto` is float32, as every upstream inference script runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+
+from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, tiny_checkpoint
+from .magvit import image_transform, to_pil
+from .modeling_showo import KVCache, Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
+
+_DTYPES = {"auto": torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+MODES = ("best", "as_published")
+
+
+def mmu_question(question: str) -> str:
+    """Upstream inference_mmu.py's text after <|sot|> for the discrete-token checkpoints."""
+    return "USER: \n" + question + " ASSISTANT:"
+
+
+@dataclass
+class DecodeState:
+    """Text decoding state. `ids` (B, L) holds every token so far (left-padded); `cache` is the KV
+    cache in mode=best (None in mode=as_published, which recomputes from `ids`); `logits` (B, V) are
+    the last position's; `next_position` (B,) the position id of the next token; `padded` whether
+    any row has padding (then decode rows need a mask that hides it)."""
+
+    ids: torch.Tensor
+    cache: KVCache | None
+    logits: torch.Tensor
+    next_position: torch.Tensor
+    padded: bool
+
+
+class ShowoAdapter(ModelAdapter):
+    """Show-o for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
+
+    For the speed sweep:
+    - `prefill(input_ids)`: reads a (B, L) batch of token ids (text, or an MMU prompt with image
+      tokens: rows then see everything up to <|eoi|>) and returns a `DecodeState` whose `logits` are
+      the last position's (B, V). `max_new_tokens` sizes the KV cache in advance (it grows if needed).
+    - `decode_step(state, token)`: appends one token per row (B,) and returns the next logits (B, V).
+      mode=best reads one position against the KV cache; mode=as_published recomputes the whole
+      sequence with its dense mask, as upstream's `mmu_generate` does.
+    """
+
+    name = "showo"
+
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+        super().__init__(device, dtype, **model_args)
+        if dtype not in _DTYPES:
+            raise OmnibenchError(f"unknown dtype '{dtype}' for model showo (known: {', '.join(_DTYPES)})")
+        preset = model_args.get("preset")
+        if preset not in (None, "tiny"):
+            raise OmnibenchError(f"unknown preset '{preset}' for model showo (known: tiny)")
+        self.mode = model_args.get("mode", "best")
+        if self.mode not in MODES:
+            raise OmnibenchError(f"unknown mode '{self.mode}' for model showo (known: {', '.join(MODES)})")
+        self.guidance_scale = float(model_args.get("guidance_scale", 5.0))
+        self.timesteps = int(model_args.get("generation_timesteps", 50))
+        self.temperature = float(model_args.get("temperature", 1.0))
+        if preset == "tiny":
+            root = tiny_checkpoint()
+            sources = (str(root / "show-o"), str(root / "magvitv2"), None)
+        else:
+            sources = (model_args.get("pretrained", DEFAULT_SHOWO), model_args.get("vq_model", DEFAULT_MAGVIT),
+                       model_args.get("llm"))
+        model, vq, self.tokenizer = from_pretrained(*sources)
+        self.model: Showo = model.to(device=device, dtype=_DTYPES[dtype])
+        self.vq = vq.to(device=device, dtype=_DTYPES[dtype])
+        cfg = self.model.config
+        self.cfg = cfg
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.sp = {t: tok.convert_tokens_to_ids(t) for t in ("<|soi|>", "<|eoi|>", "<|t2i|>", "<|mmu|>")}
+        self.resolution = int(round(cfg.num_vq_tokens ** 0.5)) * vq.config.downsample
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.showo.lm_head.weight.device
+
+    def _left_pad(self, rows: list[list[int]]) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self._device)
+
+    # -- understanding --
+    def mmu_ids(self, requests: Sequence[Request]) -> torch.Tensor:
+        """[<|mmu|>, <|soi|>, image tokens, <|eoi|>, <|sot|>] + tok("USER: \\n{q} ASSISTANT:"), left-padded.
+        Show-o reads one image: the first; a request without one gets no image segment."""
+        with_image = [i for i, r in enumerate(requests) if r.images]
+        codes = {}
+        if with_image:
+            pixels = torch.stack([image_transform(requests[i].images[0], self.resolution) for i in with_image])
+            for i, c in zip(with_image, self.vq.get_code(pixels.to(self._device)).tolist()):
+                codes[i] = c
+        rows = []
+        for i, req in enumerate(requests):
+            text = self.tokenizer(mmu_question(req.prompt), add_special_tokens=False)["input_ids"]
+            image = ([self.sp["<|soi|>"]] + [c + self.cfg.image_offset for c in codes[i]] + [self.sp["<|eoi|>"]]
+                     if i in codes else [])
+            rows.append([self.sp["<|mmu|>"]] + image + [self.bos_id] + text)
+        return self._left_pad(rows)
+
+    def _positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Real tokens numbered from 0 after the left padding, as each prompt alone would be."""
+        return ((ids != self.pad_id).long().cumsum(1) - 1).clamp(min=0)
+
+    def _mask(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """The MMU omni-attention mask; None (plain causal, no dense mask) when there is neither
+        padding nor an image: upstream's mask is then exactly causal."""
+        if not bool(((ids == self.pad_id) | (ids == self.sp["<|eoi|>"])).any()):
+            return None
+        return mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState:
+        ids = input_ids.to(self._device)
+        # as published: the dense mask, always (upstream builds it whatever the prompt)
+        mask = self._mask(ids) if self.mode == "best" else mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
+        cache = None
+        if self.mode == "best":
+            cache = KVCache(self.cfg, ids.shape[0], ids.shape[1] + max(max_new_tokens, 1), self._device,
+                            self.model.showo.lm_head.weight.dtype)
+        pos = self._positions(ids)
+        hidden = self.model.hidden(ids, mask, pos, cache)
+        if cache is None:  # upstream: fp32 logits for every position and the whole vocabulary
+            logits = self.model.logits(hidden)[:, -1]
+        else:
+            logits = self.model.logits(hidden[:, -1])
+        return DecodeState(ids, cache, logits, pos[:, -1] + 1, bool((ids == self.pad_id).any()))
+
+    @torch.inference_mode()
+    def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
+        token = token.to(self._device).view(-1, 1)
+        state.ids = torch.cat([state.ids, token], dim=1)
+        if state.cache is None:
+            ids = state.ids
+            mask = mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
+            state.logits = self.model.logits(self.model.hidden(ids, mask, self._positions(ids)))[:, -1]
+            return state.logits
+        mask = None  # the new row sees every cached position and itself ...
+        if state.padded:  # ... except the padding
+            mask = torch.cat([state.ids[:, :-1] != self.pad_id, torch.ones_like(token, dtype=torch.bool)], 1)
+            mask = mask[:, None, None, :]
+        hidden = self.model.hidden(token, mask, state.next_position[:, None], state.cache)
+        state.next_position = state.next_position + 1
+        state.logits = self.model.logits(hidden[:, -1])
+        return state.logits
+
+    @torch.inference_mode()
+    def generate_text(self, requests: Sequence[Request]) -> list[str]:
+        max_new = max(int(r.gen_kwargs.get("max_new_tokens", 100)) for r in requests)
+        state = self.prefill(self.mmu_ids(requests), max_new)
+        done = torch.zeros(len(requests), dtype=torch.bool, device=self._device)
+        out = []
+        for step in range(max_new):
+            token = state.logits.argmax(-1)  # upstream: top_k=1
+            token = torch.where(done, self.eos_id, token)
+            out.append(token)
+            done |= token == self.eos_id
+            if bool(done.all()) or step == max_new - 1:
+                break
+            self.decode_step(state, token)
+        texts = []
+        for i, row in enumerate(torch.stack(out, 1).tolist()):
+            limit = int(requests[i].gen_kwargs.get("max_new_tokens", 100))
+            row = row[:limit]
+            row = row[:row.index(self.eos_id)] if self.eos_id in row else row
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    # -- text-to-image --
+    def t2i_prefix(self, prompts: list[str]) -> list[list[int]]:
+        """Upstream `t2i_gen_prompt`: [<|t2i|>, <|sot|>, text, <|eot|>] left-padded with [PAD] to
+        max_text_len + 1, or cut to max_text_len tokens + <|eot|>."""
+        width = self.cfg.max_text_len + 1
+        rows = []
+        for text in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]:
+            if not text or text[0] != self.bos_id:
+                text = [self.bos_id] + text
+            ids = [self.sp["<|t2i|>"]] + text + [self.eos_id]
+            ids = ids if len(ids) <= width else ids[:width - 1] + [self.eos_id]
+            rows.append([self.pad_id] * (width - len(ids)) + ids)
+        return rows
+
+    @torch.inference_mode()
+    def generate_image_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
+        cfg, g = self.cfg, self.guidance_scale
+        n, prefix_len = cfg.num_vq_tokens, cfg.max_text_len + 1
+        prefixes = self.t2i_prefix([r.prompt for r in requests])
+        if g > 0:
+            prefixes += self.t2i_prefix([""] * len(requests))
+        image = [self.sp["<|soi|>"]] + [cfg.mask_token_id] * n + [self.sp["<|eoi|>"]]
+        ids = torch.tensor([p + image for p in prefixes], device=self._device)
+        mask = t2i_attention_mask(ids, self.pad_id, self.sp["<|soi|>"], self.sp["<|eoi|>"])
+        image_vocab = slice(cfg.image_offset, cfg.vocab_size - 1)
+        pos = torch.arange(ids.shape[1], device=self._device)
+        cache = None
+        if self.mode == "best":  # text rows never see the image: compute them once
+            cache = KVCache(cfg, ids.shape[0], prefix_len, self._device, self.model.showo.lm_head.weight.dtype)
+            self.model.hidden(ids[:, :prefix_len], mask[:, :, :prefix_len, :prefix_len], pos[:prefix_len], cache)
+
+        def logits_fn(codes: torch.Tensor) -> torch.Tensor:
+            tokens = torch.where(codes == cfg.mask_token_id, cfg.mask_token_id, codes + cfg.image_offset)
+            ids[:, prefix_len + 1:prefix_len + 1 + n] = tokens.repeat(2 if g > 0 else 1, 1)
+            if cache is None:
+                logits = self.model(ids, mask)[:, -(n + 1):-1]
+                if g > 0:
+                    cond, uncond = logits.chunk(2)
+                    logits = (1 + g) * cond - g * uncond
+                return logits[..., image_vocab]
+            hidden = self.model.hidden(ids[:, prefix_len:], mask[:, :, prefix_len:], pos[prefix_len:], cache,
+                                       commit=False)
+            logits = self.model.logits(hidden[:, 1:n + 1], image_vocab)
+            if g > 0:
+                cond, uncond = logits.chunk(2)
+                logits = (1 + g) * cond - g * uncond
+            return logits
+
+        generators = [torch.Generator(self._device).manual_seed(int(r.seed)) for r in requests]
+        start = torch.full((len(requests), n), cfg.mask_token_id, device=self._device)
+        codes = t2i_sample(logits_fn, start, self.timesteps, cfg.mask_token_id, generators, self.temperature)
+        return codes.clamp(0, cfg.codebook_size - 1)
+
+    @torch.inference_mode()
+    def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
+        return to_pil(self.vq.decode_code(self.generate_image_tokens(requests)))
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "mode": self.mode, "guidance_scale": self.guidance_scale,
+                "generation_timesteps": self.timesteps, "temperature": self.temperature}

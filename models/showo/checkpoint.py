@@ -1,0 +1,235 @@
+"""Finding, loading and writing Show-o checkpoints, and the `tiny` preset.
+
+Upstream loading reads three hub repositories; each may instead be a local folder:
+- `showlab/show-o` (or `showlab/show-o-512x512`): `config.json` (vocab_size, llm_vocab_size,
+  llm_model_path, codebook_size, num_vq_tokens, w_clip_vit) and the weights (`*.safetensors` or
+  `pytorch_model.bin`), keys `showo.model.*` / `showo.lm_head.*`;
+- its `llm_model_path`, `microsoft/phi-1_5`: the Phi sizes (`config.json`) and the tokenizer, to which
+  upstream adds [PAD] and nine task tokens (so do we, so that the ids come out as upstream's);
+- `showlab/magvitv2`: the MAGVIT-v2 weights (`encoder.*`, `decoder.*`, `quantize.*`).
+
+The generic helpers here (`resolve_folder`, `read_state_dict`, `check_keys`, `strict_load`,
+`byte_bpe_tokenizer`)
+are shared with models/janusflow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from omnibench.protocol import OmnibenchError
+
+from .magvit import MAGVITv2, MagvitConfig
+from .modeling_showo import SPECIAL_TOKENS, Showo, ShowoConfig
+
+DEFAULT_SHOWO = "showlab/show-o"
+DEFAULT_MAGVIT = "showlab/magvitv2"
+TINY_SEED = 0
+WEIGHTS_NAME = "model.safetensors"
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def resolve_folder(source: str, what: str) -> Path:
+    """A local folder, else a hub repo snapshot (downloaded or from the hub cache)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
+        raise OmnibenchError(f"{what} not found: {source} (pass a local folder or a hub repo id)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=source))
+    except Exception as exc:
+        raise OmnibenchError(f"cannot fetch {what} '{source}' from the hub: {first_line(exc)} "
+                             f"-- download it once and pass its local folder") from exc
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All `*.safetensors` shards of a folder, else `pytorch_model.bin`."""
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        from safetensors.torch import load_file
+
+        sd: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            sd.update(load_file(str(shard)))
+        return sd
+    binary = folder / "pytorch_model.bin"
+    if binary.is_file():
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise OmnibenchError(f"no weights (*.safetensors or pytorch_model.bin) in {folder}")
+
+
+def check_keys(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], what: str) -> None:
+    """An OmnibenchError naming any missing, unexpected or misshapen key of `sd`."""
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = " ..." if len(keys) > 5 else ""
+            parts.append(f"{label} key(s) {', '.join(keys[:5])}{more} ({len(keys)} in all)")
+    if parts:
+        raise OmnibenchError(f"{what} does not match the architecture: " + "; ".join(parts))
+    for key, val in expected.items():
+        if tuple(sd[key].shape) != tuple(val.shape):
+            raise OmnibenchError(f"{what}: key {key} has shape {tuple(sd[key].shape)}, "
+                                 f"the model expects {tuple(val.shape)}")
+
+
+def strict_load(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Load `sd` key for key; any missing, unexpected or misshapen key is an OmnibenchError naming it."""
+    check_keys(module.state_dict(), sd, what)
+    module.load_state_dict(sd, strict=True)
+
+
+def save_weights(module: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / WEIGHTS_NAME))
+
+
+def byte_bpe_tokenizer(specials: list[str], bos: str, eos: str, pad: str | None = None, add_bos: bool = False):
+    """A byte-level BPE tokenizer made in code (no merges: one token per byte), the family of both
+    Phi's and DeepSeek's tokenizers. `add_bos` prepends `bos` on encode, as Llama tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(dict.fromkeys([bos, eos] + ([pad] if pad else []) + specials)))
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))])
+    kwargs = {"pad_token": pad} if pad else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, **kwargs)
+
+
+def load_fast_tokenizer(folder: Path, what: str, **kwargs):
+    """The tokenizer exactly as serialised in `tokenizer.json` (PreTrainedTokenizerFast), else AutoTokenizer.
+    Several transformers 5 releases rebuild tokenizers that declare a SentencePiece class (DeepSeek's
+    say LlamaTokenizerFast) with a Metaspace pre-tokenizer over a byte-level vocabulary, which loses
+    spaces (transformers issues #45488, #48206); the serialised pipeline is what upstream ran under v4."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(folder), **kwargs)
+        return AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except Exception as exc:
+        raise OmnibenchError(f"cannot load the {what} tokenizer from {folder}: {first_line(exc)}") from exc
+
+
+# --- Show-o -----------------------------------------------------------------------------------------
+def add_task_tokens(tokenizer):
+    """Upstream's UniversalPrompting: [PAD] as pad token, then the task tokens as added tokens."""
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    tokenizer.add_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def load_tokenizer(folder: Path):
+    return add_task_tokens(load_fast_tokenizer(folder, "Phi", padding_side="left"))
+
+
+def from_pretrained(pretrained: str = DEFAULT_SHOWO, vq_model: str = DEFAULT_MAGVIT, llm: str | None = None):
+    """(Show-o, MAGVIT-v2, tokenizer with task tokens), fp32 on CPU, strictly loaded."""
+    folder = resolve_folder(pretrained, "Show-o checkpoint")
+    showo_cfg = json.loads((folder / "config.json").read_text())
+    if showo_cfg.get("w_clip_vit"):
+        raise OmnibenchError(f"{pretrained} is a CLIP-ViT Show-o variant; only the discrete-token "
+                             f"checkpoints (showlab/show-o, showlab/show-o-512x512) are supported")
+    llm_folder = resolve_folder(llm or showo_cfg.get("llm_model_path") or "microsoft/phi-1_5", "Phi config/tokenizer")
+    cfg = ShowoConfig.from_dicts(showo_cfg, json.loads((llm_folder / "config.json").read_text()))
+    tokenizer = load_tokenizer(llm_folder)
+    if len(tokenizer) != cfg.image_offset:
+        raise OmnibenchError(f"tokenizer in {llm_folder} has {len(tokenizer)} tokens with the task tokens, "
+                             f"Show-o expects {cfg.image_offset} (llm_vocab_size {cfg.llm_vocab_size} + 10)")
+    model = Showo(cfg)
+    strict_load(model, read_state_dict(folder), f"Show-o checkpoint {folder}")
+    vq_folder = resolve_folder(vq_model, "MAGVIT-v2 checkpoint")
+    vq_file = vq_folder / "config.json"
+    vq_cfg = json.loads(vq_file.read_text()) if vq_file.is_file() else {}
+    names = {f.name for f in fields(MagvitConfig)}
+    mcfg = MagvitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vq_cfg.items() if k in names})
+    if mcfg.codebook_size != cfg.codebook_size:
+        raise OmnibenchError(f"MAGVIT-v2 in {vq_folder} has {mcfg.codebook_size} codes, "
+                             f"Show-o expects {cfg.codebook_size}")
+    vq = MAGVITv2(mcfg)
+    strict_load(vq, read_state_dict(vq_folder), f"MAGVIT-v2 checkpoint {vq_folder}")
+    return model.eval(), vq.eval(), tokenizer
+
+
+def save_pretrained(model: Showo, vq: MAGVITv2, base_tokenizer, root: Path) -> None:
+    """Write root/{phi, show-o, magvitv2} in the layouts `from_pretrained` reads."""
+    cfg = model.config
+    phi = {"model_type": "phi", "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
+           "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
+           "partial_rotary_factor": cfg.partial_rotary_factor, "rope_theta": cfg.rope_theta,
+           "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": "gelu_new", "vocab_size": cfg.llm_vocab_size}
+    (root / "phi").mkdir(parents=True, exist_ok=True)
+    (root / "phi" / "config.json").write_text(json.dumps(phi, indent=1))
+    base_tokenizer.save_pretrained(str(root / "phi"))
+    save_weights(model, root / "show-o")
+    showo = {"w_clip_vit": False, "vocab_size": cfg.vocab_size, "llm_vocab_size": cfg.llm_vocab_size,
+             "llm_model_path": str(root / "phi"), "codebook_size": cfg.codebook_size,
+             "num_vq_tokens": cfg.num_vq_tokens}
+    (root / "show-o" / "config.json").write_text(json.dumps(showo, indent=1))
+    save_weights(vq, root / "magvitv2")
+    (root / "magvitv2" / "config.json").write_text(json.dumps(asdict(vq.config), indent=1))
+
+
+# --- tiny preset ------------------------------------------------------------------------------------
+def tiny_base_tokenizer():
+    """Phi's tokenizer family (byte-level BPE, <|endoftext|> as bos and eos), one token per byte."""
+    return byte_bpe_tokenizer([], bos="<|endoftext|>", eos="<|endoftext|>")
+
+
+def tiny_configs() -> tuple[ShowoConfig, MagvitConfig]:
+    mcfg = MagvitConfig(ch=32, encoder_ch_mult=(1, 1, 2), encoder_blocks=(1, 1, 1), decoder_ch_mult=(1, 1, 2),
+                        decoder_blocks=(1, 1, 1), z_channels=4)
+    llm_vocab = len(tiny_base_tokenizer())
+    cfg = ShowoConfig(vocab_size=llm_vocab + 10 + mcfg.codebook_size + 1, llm_vocab_size=llm_vocab,
+                      codebook_size=mcfg.codebook_size, num_vq_tokens=16, hidden_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=128)
+    return cfg, mcfg
+
+
+def tiny_checkpoint() -> Path:
+    """Build (once) the tiny preset under the omnibench cache: random weights from a fixed seed, in the
+    official layouts, so that it loads through `from_pretrained`. Images are 16 px (4x4 tokens)."""
+    from omnibench.data import cache_root
+
+    cfg, mcfg = tiny_configs()
+    digest = hashlib.sha256((json.dumps(cfg.to_dict()) + json.dumps(asdict(mcfg)) + str(TINY_SEED)).encode())
+    root = cache_root() / "models" / f"showo-tiny-{digest.hexdigest()[:12]}"
+    if not (root / "magvitv2" / "config.json").is_file():
+        torch.manual_seed(TINY_SEED)
+        model, vq = Showo(cfg), MAGVITv2(mcfg)
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+        save_pretrained(model, vq, tiny_base_tokenizer(), tmp)
+        # config.json points at the phi folder by absolute path: rewrite it for the final location.
+        showo_file = tmp / "show-o" / "config.json"
+        showo_cfg = json.loads(showo_file.read_text())
+        showo_cfg["llm_model_path"] = str(root / "phi")
+        showo_file.write_text(json.dumps(showo_cfg, indent=1))
+        if root.exists():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(root)
+    return root

@@ -1,0 +1,212 @@
+"""MS-COCO FID-30K (the paper's Table 2): one image per caption for 30K captions of COCO val2014, FID of
+the generated images against the real val2014 images.
+
+Prompts: `num_prompts` (30000) distinct val2014 images drawn with `random.Random(prompt_seed)` from the
+image ids in ascending order, then one of each image's captions drawn with the same generator (the
+protocol of the widely used 30K COCO-val prompt lists: 30K images, one of their five captions each).
+The same source and seed always give the same prompts; their ids are hashed into the fingerprint.
+`--limit n` evaluates the first n of them, itself a random sample. A sample id is
+`<image_id>_<caption index>`, the index counting the image's captions in annotation-id order (json) or
+in the order of the hub row's `answer` list.
+
+Reference: `reference=all` (default) is every val2014 image of the source, the usual "full validation
+set" statistics, computed once and cached by source, size and network; `reference=sampled` is the
+images of the evaluated prompts only. Real and generated images alike are squared to `ref_size` (256:
+shorter side, then centre crop) and scored with clean-fid's clean mode (see tasks/fid.py).
+The paper does not say which reference or resize it used, so the report states ours.
+
+Sources: `captions=<captions_val2014.json>` with `images=<val2014 folder>` (the official files),
+`sample=true` (a few drawn images and captions in the official format), or the hub copy
+`lmms-lab/COCO-Caption` split `val` (`data_dir=` for a local snapshot): `question_id` is the file name,
+`answer` the captions.
+Other task args: `inception=` (weights file, or $OMNIBENCH_INCEPTION), `fid_device` (cuda when there is
+one), `fid_batch_size` (64), `fid_workers` (image decoding processes, up to 8).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from omnibench import data
+from omnibench.protocol import Doc, OmnibenchError, Request, Task
+from tasks import fid
+
+HUB_ID = "lmms-lab/COCO-Caption"
+HUB_SPLIT = "val"
+REFERENCES = ("all", "sampled")
+
+
+def sample_prompts(captions: dict[int, Sequence[str]], n: int, seed: int) -> list[tuple[int, int]]:
+    """(image_id, caption index) for min(n, #images) distinct images, one caption each, seeded."""
+    rng = random.Random(seed)
+    chosen = rng.sample(sorted(captions), min(n, len(captions)))
+    return [(image_id, rng.randrange(len(captions[image_id]))) for image_id in chosen]
+
+
+def image_id_from_file(name: str) -> int:
+    """COCO_val2014_000000391895.jpg -> 391895."""
+    return int(Path(name).stem.rsplit("_", 1)[-1])
+
+
+@dataclass
+class CocoVal:
+    """Captions per image id, and what the real image of an id is (a path or a `datasets` row index)."""
+
+    captions: dict[int, list[str]]
+    images: dict[int, Any]
+    source: str
+    identity: dict[str, Any]  # hashes that change whenever the captions or the images do
+    ds: Any = None
+
+    def reference_items(self, ids: Sequence[int]) -> Sequence[Any]:
+        return [self.images[i] for i in ids] if self.ds is None else _HubImages(self.ds, [self.images[i] for i in ids])
+
+
+class _HubImages(Sequence):
+    """Image cells of chosen hub rows, read one at a time (the val split is ~6 GB of JPEG)."""
+
+    def __init__(self, ds, rows: list[int]) -> None:
+        self.ds, self.rows = ds, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.ds[self.rows[i]]["image"]
+
+
+def load_captions_json(captions: str, images: str | None) -> CocoVal:
+    """The official annotation file (`images`, `annotations`) and the folder of its image files."""
+    path = Path(captions)
+    if not path.is_file():
+        raise OmnibenchError(f"captions file not found: {captions} (pass --task_args captions=<captions_val2014.json>)")
+    if not images or not Path(images).is_dir():
+        raise OmnibenchError(f"images folder not found: {images} (pass --task_args images=<val2014 folder>, "
+                             f"the real images FID compares against)")
+    raw = path.read_bytes()
+    ann = json.loads(raw)
+    files = {img["id"]: img["file_name"] for img in ann["images"]}
+    by_image: dict[int, list[tuple[int, str]]] = {}
+    for a in ann["annotations"]:
+        by_image.setdefault(a["image_id"], []).append((a["id"], a["caption"].strip()))
+    captions_by_image = {i: [c for _, c in sorted(v)] for i, v in by_image.items() if i in files}
+    listing = hashlib.sha256()
+    for i in sorted(files):
+        f = Path(images) / files[i]
+        listing.update(f"{files[i]}:{f.stat().st_size if f.exists() else -1}\n".encode())
+    return CocoVal(captions_by_image, {i: str(Path(images) / files[i]) for i in files}, str(path),
+                   {"captions_sha256": hashlib.sha256(raw).hexdigest(), "images_dir": str(Path(images).resolve()),
+                    "image_files_sha256": listing.hexdigest()})
+
+
+def load_hub(data_dir: str | None) -> CocoVal:
+    ds = data.load_split(HUB_ID, HUB_SPLIT, data_dir=data_dir)
+    captions, rows = {}, {}
+    for row, (qid, answers) in enumerate(zip(ds["question_id"], ds["answer"])):
+        image_id = image_id_from_file(qid)
+        captions[image_id] = [a.strip() for a in answers]
+        rows[image_id] = row
+    return CocoVal(captions, rows, data_dir or HUB_ID, {"datasets_fingerprint": getattr(ds, "_fingerprint", None),
+                                                          "num_rows": len(ds)}, ds)
+
+
+def write_sample() -> tuple[str, str]:
+    """A few drawn images and their captions as `captions_val2014.json` + image folder (official layout)."""
+    shapes = ["circle", "square"]
+    images, annotations = [], []
+    for k in range(6):
+        image_id = 100 + k
+        name = f"COCO_val2014_{image_id:012d}.jpg"
+        images.append({"id": image_id, "file_name": name, "width": 64, "height": 64})
+        for j in range(2):
+            annotations.append({"image_id": image_id, "id": 1000 + 10 * k + j,
+                                "caption": f"A {shapes[k % 2]} on a plain background, picture {k} caption {j}."})
+    blob = json.dumps({"info": {"description": "omnibench built-in sample"}, "images": images,
+                       "annotations": annotations, "licenses": []}, sort_keys=True)
+    folder = data.cache_root() / "samples" / f"coco_fid-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    target = folder / "annotations" / "captions_val2014.json"
+    if not target.exists():
+        (folder / "val2014").mkdir(parents=True, exist_ok=True)
+        for k, img in enumerate(images):
+            data.drawn_image(k, size=64, shape=shapes[k % 2]).save(folder / "val2014" / img["file_name"], format="JPEG")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(blob)
+        tmp.replace(target)
+    return str(target), str(folder / "val2014")
+
+
+class CocoFid(Task):
+    name = "coco_fid30k"
+    output_type = "image"
+    paper_table = "table2_fid"
+    paper_column = "FID-30K"
+    paper_metric = "fid"
+    paper_scale = 1.0
+
+    def __init__(self, **task_args: str) -> None:
+        super().__init__(**task_args)
+        self.num_prompts = int(task_args.get("num_prompts", 30000))
+        self.prompt_seed = int(task_args.get("prompt_seed", 0))
+        self.reference = task_args.get("reference", "all")
+        if self.reference not in REFERENCES:
+            raise OmnibenchError(f"reference={self.reference} is not one of {', '.join(REFERENCES)}")
+        self.ref_size = int(task_args.get("ref_size", 256))
+        if task_args.get("captions"):
+            self.coco = load_captions_json(task_args["captions"], task_args.get("images"))
+        elif task_args.get("sample", "false").lower() in ("true", "1", "yes"):
+            self.coco = load_captions_json(*write_sample())
+        else:
+            self.coco = load_hub(task_args.get("data_dir"))
+        self.pairs = sample_prompts(self.coco.captions, self.num_prompts, self.prompt_seed)
+
+    def docs(self) -> Sequence[Doc]:
+        return [Doc(f"{i}_{k}", {"image_id": i, "caption_index": k, "caption": self.coco.captions[i][k]})
+                for i, k in self.pairs]
+
+    def fingerprint(self) -> dict[str, Any]:
+        ids = "\n".join(d.doc_id for d in self.docs())
+        weights = fid.inception_path(self.task_args.get("inception"), download=False)
+        return {"source": self.coco.source, "split": "val2014", "num_rows": len(self.coco.captions),
+                **self.coco.identity, "num_prompts": len(self.pairs), "prompt_seed": self.prompt_seed,
+                "prompt_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(), **fid.library_info(),
+                "fid_reference": self.reference, "fid_image_size": self.ref_size,
+                "inception_weights": str(weights) if weights else None,
+                "inception_sha256": fid.file_sha256(weights) if weights else None}
+
+    def build_request(self, doc: Doc) -> Request:
+        return Request(doc.doc_id, doc.row["caption"])
+
+    def process(self, doc: Doc, output: Any) -> dict[str, Any]:
+        return {"image_id": doc.row["image_id"], "caption_index": doc.row["caption_index"], "image": output}
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """FID of the generated images (failed samples left out and counted) against the reference."""
+        import torch
+
+        fid.require()
+        device = self.task_args.get("fid_device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        opts = {"size": self.ref_size, "device": device, "batch_size": int(self.task_args.get("fid_batch_size", 64)),
+                "workers": int(self.task_args.get("fid_workers", min(8, os.cpu_count() or 1)))}
+        done = [r for r in records if r["image"]]
+        if self.run_dir is None:
+            raise OmnibenchError("coco_fid30k: run folder unknown, so the generated images cannot be found")
+        weights = fid.inception_path(self.task_args.get("inception"))
+        model = fid.load_inception(weights, device)
+        ref_ids = sorted(self.coco.captions) if self.reference == "all" else sorted({r["image_id"] for r in records})
+        key = {"reference": "coco_val2014", **self.coco.identity, "image_ids_sha256": hashlib.sha256(
+                   ",".join(map(str, ref_ids)).encode()).hexdigest(), "size": self.ref_size, **fid.library_info(),
+               "inception_sha256": fid.file_sha256(weights)}
+        mu_ref, sigma_ref, n_ref = fid.cached_stats(
+            key, lambda: fid.features(self.coco.reference_items(ref_ids), model, **opts))
+        out = {"fid_images": float(len(done)), "fid_failed": float(len(records) - len(done)),
+               "fid_reference_images": float(n_ref)}
+        if len(done) < 2 or n_ref < 2:  # a covariance needs two samples on each side
+            return {"fid": float("nan"), **out}
+        feats = fid.features([self.run_dir / r["image"] for r in done], model, **opts)
+        return {"fid": fid.frechet_distance(*fid.feature_stats(feats), mu_ref, sigma_ref), **out}

