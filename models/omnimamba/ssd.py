@@ -63,14 +63,16 @@ def ssd_chunked(x, dt, A, B, C, D, chunk_size: int, initial_state=None):
 
 
 def ssd_step(state, x, dt, A, B, C, D):
-    """One recurrence step, updating `state` (b,h,p,n) in place. x (b,h,p), dt (b,h), B/C (b,g,n)."""
+    """One recurrence step, updating `state` (b,h,p,n) in place (computed in fp32 whatever the state's
+    dtype, as the kernel does). x (b,h,p), dt (b,h), B/C (b,g,n)."""
     h = x.shape[1]
-    work = state.dtype
+    work = torch.float64 if state.dtype == torch.float64 else torch.float32
     B, C = _heads(B.to(work), h), _heads(C.to(work), h)
     dt = dt.to(work)
     decay = torch.exp(dt * A.to(work))
-    state.mul_(decay[..., None, None]).add_(torch.einsum("bh,bhp,bhn->bhpn", dt, x.to(work), B))
-    y = torch.einsum("bhpn,bhn->bhp", state, C) + D.to(work)[:, None] * x.to(work)
+    new = state.to(work) * decay[..., None, None] + torch.einsum("bh,bhp,bhn->bhpn", dt, x.to(work), B)
+    state.copy_(new)
+    y = torch.einsum("bhpn,bhn->bhp", new, C) + D.to(work)[:, None] * x.to(work)
     return y.to(x.dtype)
 
 
@@ -96,14 +98,63 @@ def kernels() -> SimpleNamespace:
         causal_conv1d_fn = causal_conv1d_update = None
     return SimpleNamespace(chunk_scan=mamba_chunk_scan_combined, state_update=selective_state_update,
                            add_rms_norm=layer_norm_fn, gated_rms_norm=rmsnorm_fn,
-                           conv1d_fn=causal_conv1d_fn, conv1d_update=causal_conv1d_update)
+                           conv1d_fn=causal_conv1d_fn, conv1d_update=causal_conv1d_update or conv_update_triton)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_update_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def conv_update(x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, channels, stride_x, stride_state, stride_out,
+                    BLOCK: tl.constexpr):
+        # Width-4 depthwise causal conv, one token: shift the window left, append x, dot, bias, SiLU.
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < channels
+        win = state_ptr + row * stride_state + cols * 4
+        s1 = tl.load(win + 1, mask=mask, other=0.0)
+        s2 = tl.load(win + 2, mask=mask, other=0.0)
+        s3 = tl.load(win + 3, mask=mask, other=0.0)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+        w = w_ptr + cols * 4
+        acc = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        acc += s1.to(tl.float32) * tl.load(w, mask=mask, other=0.0).to(tl.float32)
+        acc += s2.to(tl.float32) * tl.load(w + 1, mask=mask, other=0.0).to(tl.float32)
+        acc += s3.to(tl.float32) * tl.load(w + 2, mask=mask, other=0.0).to(tl.float32)
+        acc += x.to(tl.float32) * tl.load(w + 3, mask=mask, other=0.0).to(tl.float32)
+        tl.store(win, s1, mask=mask)
+        tl.store(win + 1, s2, mask=mask)
+        tl.store(win + 2, s3, mask=mask)
+        tl.store(win + 3, x.to(s1.dtype), mask=mask)
+        acc = acc * tl.sigmoid(acc)
+        tl.store(out_ptr + row * stride_out + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    return conv_update
+
+
+def conv_update_triton(x, conv_state, weight, bias, activation="silu"):
+    """causal-conv1d's `causal_conv1d_update` (width 4, SiLU) as one Triton kernel, for machines
+    where causal-conv1d's CUDA extension is not built. x (b, c) strided rows; state (b, c, 4)."""
+    assert activation == "silu" and conv_state.shape[-1] == 4 and conv_state.is_contiguous()
+    b, c = x.shape
+    out = torch.empty(b, c, device=x.device, dtype=x.dtype)
+    block = 256
+    _conv_update_kernel()[(b, (c + block - 1) // block)](
+        x, conv_state, weight.contiguous(), bias, out, c, x.stride(0), conv_state.stride(0), out.stride(0),
+        BLOCK=block)
+    return out
 
 
 def use_kernels(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
+    return device.type == "cuda" and _kernels_importable()
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels_importable() -> bool:
     try:
         kernels()
-    except ImportError:
+    except ImportError:  # CUDA without mamba-ssm: the plain-PyTorch path, also on GPU
         return False
     return True

@@ -64,6 +64,8 @@ class DinoSigLIPBackbone(nn.Module):
             num_attention_heads=cfg.siglip_heads, intermediate_size=cfg.siglip_mlp,
             image_size=cfg.image_size, patch_size=cfg.patch_size, layer_norm_eps=1e-6,
             hidden_act="gelu_pytorch_tanh"))
+        with torch.no_grad():  # timm's layout has no position for the cls token: keep HF's cls row at 0
+            self.dino_featurizer.embeddings.position_embeddings[:, :1].zero_()
 
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         s = self.config.image_size

@@ -1,0 +1,183 @@
+"""`--model omnimamba`: OmniMamba behind omnibench's ModelAdapter contract.
+
+model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba) or `preset=tiny`;
+T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
+top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
+"A picture"); `cuda_graphs=false` to decode eagerly on GPU.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+
+from .checkpoint import from_pretrained, tiny_checkpoint
+from .modeling_omnimamba import DecodeState, OmniMamba
+
+DEFAULT_PRETRAINED = "hustvl/OmniMamba"
+NULL_CAPTION = "A picture"  # upstream MSCOCOFeatureDataset.null_prompt
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def mmu_prompt(question: str) -> str:
+    """Upstream's conversation template ("phi1.5": empty system, roles USER/ASSISTANT, sep " ")."""
+    return f"USER: {question} ASSISTANT:"
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int,
+                  generators: list[torch.Generator]) -> torch.Tensor:
+    """Upstream's `sample`: top_k == 1 is argmax; else top-k (0 = all), divided by temperature,
+    drawn from the softmax with each row's own generator."""
+    if top_k == 1:
+        return logits.argmax(-1)
+    if top_k > 0:
+        logits, index = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
+    else:
+        index = None
+    probs = torch.softmax(logits / temperature, dim=-1)
+    picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+    return picks if index is None else index.gather(1, picks[:, None])[:, 0]
+
+
+class OmniMambaAdapter(ModelAdapter):
+    """OmniMamba for understanding (`generate_text`) and text-to-image (`generate_images`).
+
+    For the speed sweep:
+    - `prefill(input_ids)`: reads a (b, l) batch of text token ids once on the understanding (MMU)
+      route and returns the recurrent `DecodeState`; `state.logits` holds the last position's logits.
+    - `decode_step(state, token)`: feeds one token per sample (b,) and returns the next logits (b, V);
+      the state advances in place (constant size: no cache grows with the context). On CUDA each step
+      is a CUDA-graph replay.
+    """
+
+    name = "omnimamba"
+
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+        super().__init__(device, dtype, **model_args)
+        # Upstream's inference scripts run the model in float32; "auto" does the same.
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise OmnibenchError(f"unknown dtype '{dtype}' for omnimamba (use auto, {', '.join(_DTYPES)})")
+        torch_dtype = _DTYPES.get(dtype, torch.float32)
+        preset = model_args.get("preset")
+        if preset not in (None, "tiny"):
+            raise OmnibenchError(f"unknown omnimamba preset '{preset}' (known: tiny)")
+        source = str(tiny_checkpoint()) if preset == "tiny" else model_args.get("pretrained", DEFAULT_PRETRAINED)
+        self.model: OmniMamba
+        self.model, self.tokenizer = from_pretrained(source, device, torch_dtype)
+        self.model.use_cuda_graphs = str(model_args.get("cuda_graphs", "true")).lower() != "false"
+        self.temperature = float(model_args.get("temperature", 1.0))
+        self.top_k = int(model_args.get("top_k", 1))
+        self.cfg_scale = float(model_args.get("cfg_scale", 1.0))
+        tok = self.tokenizer
+        self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
+                    ("<|mmu|>", "<|t2i|>", "<|soi|>", "<|eoi|>", "<|sot|>", "<|eot|>")}
+        self.stop_ids = torch.tensor(sorted({tok.eos_token_id, self.ids["eot"]}), device=device)
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.lm.backbone.embedding.weight.device
+
+    def _ids(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], dtype=torch.long, device=self._device)
+
+    # -- understanding --
+    def mmu_embeddings(self, prompt: str, image_features: torch.Tensor | None) -> torch.Tensor:
+        """[MMU][SOI] <729 image features> [EOI][SOT] prompt, plus MMU positions: (1, l, d)."""
+        m = self.model
+        if image_features is None:  # upstream's text-only layout: zeros where the image would be
+            image_features = torch.zeros(1, m.config.vision.num_patches, m.config.d_model, device=self._device)
+        text = self.tokenizer(mmu_prompt(prompt)).input_ids
+        head = m.text_embeddings(self._ids([self.ids["mmu"], self.ids["soi"]]))
+        tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
+        return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
+
+    @torch.inference_mode()
+    def generate_text(self, requests: Sequence[Request]) -> list[str]:
+        m = self.model
+        with_image = [i for i, r in enumerate(requests) if r.images]
+        feats: dict[int, torch.Tensor] = {}
+        if with_image:  # one image per request (the first), as upstream
+            pixels = m.vision_backbone.preprocess([requests[i].images[0] for i in with_image])
+            out = m.image_features({k: v.to(self._device) for k, v in pixels.items()})
+            feats = {i: out[j: j + 1] for j, i in enumerate(with_image)}
+        # Each prompt is read on its own (exact per-sample lengths, no padding through the recurrence);
+        # the states are then stacked and decoded as one batch.
+        states, first = [], []
+        for i, r in enumerate(requests):
+            state, logits = m.prefill(self.mmu_embeddings(r.prompt, feats.get(i)), "mmu")
+            states.append(state)
+            first.append(logits)
+        max_new = max(int(r.gen_kwargs.get("max_new_tokens", 1024)) for r in requests)
+        tokens = self.greedy(DecodeState.cat(states), torch.cat(first), max_new)
+        texts = []
+        for row, r in zip(tokens.tolist(), requests):
+            row = row[: int(r.gen_kwargs.get("max_new_tokens", 1024))]
+            stops = [j for j, t in enumerate(row) if t in self.stop_ids.tolist()]
+            texts.append(self.tokenizer.decode(row[: stops[0]] if stops else row, skip_special_tokens=True).strip())
+        return texts
+
+    def greedy(self, state: DecodeState, logits: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding until every row has produced a stop token (EOS or [EOT]) or the budget ends."""
+        token = logits.argmax(-1)
+        done = torch.isin(token, self.stop_ids)
+        out = [token]
+        for _ in range(max_new_tokens - 1):
+            if bool(done.all()):
+                break
+            token = self.model.step(state, token).argmax(-1)
+            out.append(token)
+            done |= torch.isin(token, self.stop_ids)
+        return torch.stack(out, dim=1)
+
+    # -- text to image --
+    def t2i_ids(self, caption: str) -> list[int]:
+        """[T2I][SOT] caption (first caption_len tokens, left-padded with [PAD]) [EOT][SOI]."""
+        n = self.model.config.caption_len
+        text = self.tokenizer(caption).input_ids[:n]
+        pad = [self.tokenizer.pad_token_id] * (n - len(text))
+        return [self.ids["t2i"], self.ids["sot"], *pad, *text, self.ids["eot"], self.ids["soi"]]
+
+    @torch.inference_mode()
+    def generate_image_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
+        m, cfg = self.model, self.cfg_scale
+        captions = [r.prompt for r in requests] + ([NULL_CAPTION] * len(requests) if cfg != 1.0 else [])
+        ids = torch.tensor([self.t2i_ids(c) for c in captions], device=self._device)
+        state, logits = m.prefill(m.caption_embeddings(ids), "t2i")
+        gens = [torch.Generator(self._device).manual_seed(int(r.seed)) for r in requests]
+        out = []
+        for i in range(m.config.num_image_tokens):
+            if cfg != 1.0:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + cfg * (cond - uncond)
+            token = sample_tokens(logits, self.temperature, self.top_k, gens)
+            out.append(token)
+            if i + 1 < m.config.num_image_tokens:
+                logits = m.step(state, token.repeat(2) if cfg != 1.0 else token)
+        return torch.stack(out, dim=1)
+
+    @torch.inference_mode()
+    def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
+        codes = self.generate_image_tokens(requests)
+        pixels = self.model.llm_backbone.vqvae.decode_code(codes).float()
+        pixels = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
+
+    # -- speed sweep --
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor) -> DecodeState:
+        m = self.model
+        embeds = m.with_mmu_positions(m.text_embeddings(input_ids.to(self._device)))
+        state, logits = m.prefill(embeds, "mmu")
+        state.logits = logits
+        return state
+
+    def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
+        return self.model.step(state, token.to(self._device))
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "temperature": self.temperature, "top_k": self.top_k, "cfg_scale": self.cfg_scale}

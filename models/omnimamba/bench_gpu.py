@@ -1,0 +1,209 @@
+"""GPU check of OmniMamba's two execution paths and its decode speed (full 1.3B size, random weights).
+
+    python -m models.omnimamba.bench_gpu --out <folder>
+
+1. Agreement: the same bf16 model run with mamba-ssm kernels + CUDA graphs and with the plain-PyTorch
+   path: prefill logits, teacher-forced decode logits, and 64 greedy tokens.
+2. Decode latency per token at batch 1 after 1k / 16k / 100k tokens of context (CUDA-graph steps),
+   against the weight-read floor (bytes read per step / measured device-to-device bandwidth).
+Writes omnimamba_gpu.json into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from .modeling_omnimamba import DecodeState, OmniMamba, OmniMambaConfig
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def build(dtype: torch.dtype) -> OmniMamba:
+    torch.manual_seed(0)
+    cfg = OmniMambaConfig()
+    with torch.device("cuda"):
+        model = OmniMamba(cfg)
+    with torch.no_grad():  # upstream's _init_weights: small embeddings, out_proj scaled by 1/sqrt(depth)
+        for emb in (model.lm.backbone.embedding, model.lm.backbone.img_embeddings.word_embeddings):
+            emb.weight.normal_(std=0.02)
+        for layer in model.lm.backbone.layers:
+            layer.mixer.out_proj.weight.div_(math.sqrt(cfg.n_layer))
+            for route in ("mmu", "t2i"):  # trained LoRA branches are non-zero; make both count
+                getattr(layer.mixer.in_proj, f"{route}_lora_B0").weight.normal_(std=0.02)
+    return model.to(dtype).eval()
+
+
+def hbm_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB: bytes read + written per second."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    n, t0 = 20, time.perf_counter()
+    for _ in range(n):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * n / (time.perf_counter() - t0)
+
+
+def decode_bytes(model: OmniMamba) -> int:
+    """Weights one MMU decode step reads: every block, the final norm, the text head (tied table)."""
+    lm = model.lm
+    params = list(lm.backbone.layers.parameters()) + [lm.backbone.norm_f.weight, lm.lm_head.weight]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+@torch.inference_mode()
+def conv_check() -> float:
+    """The Triton conv-update kernel against the plain-PyTorch step, on a strided input like in_proj's."""
+    from .ssd import conv_update_triton
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    big = torch.randn(3, 5000, device="cuda", generator=g)
+    x = big[:, 100:4452]
+    state = torch.randn(3, 4352, 4, device="cuda", generator=g)
+    w, b = torch.randn(4352, 4, device="cuda", generator=g), torch.randn(4352, device="cuda", generator=g)
+    ref_state = torch.cat([state[..., 1:], x[..., None]], -1)
+    ref = torch.nn.functional.silu((ref_state * w).sum(-1) + b)
+    out = conv_update_triton(x, state, w, b)
+    return max((out - ref).abs().max().item(), (state - ref_state).abs().max().item())
+
+
+def clone_state(state: DecodeState) -> DecodeState:
+    return DecodeState([t.clone() for t in state.conv], [t.clone() for t in state.ssm], state.position.clone(),
+                       state.route)
+
+
+@torch.inference_mode()
+def forced_logits(model: OmniMamba, embeds, tokens: list[int], kernels: bool, start=None) -> torch.Tensor:
+    """Prefill (or continue from a copy of `start`) then feed `tokens`; logits of every position."""
+    model.set_kernels(kernels)
+    if start is None:
+        state, logits = model.prefill(embeds, "mmu")
+        out = [logits]
+    else:
+        state, out = clone_state(start), []
+    for t in tokens:
+        out.append(model.step(state, torch.tensor([t], device="cuda")))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def greedy(model: OmniMamba, embeds, steps: int, kernels: bool) -> list[int]:
+    model.set_kernels(kernels)
+    state, logits = model.prefill(embeds, "mmu")
+    tokens = [int(logits.argmax(-1))]
+    for _ in range(steps - 1):
+        tokens.append(int(model.step(state, torch.tensor(tokens[-1:], device="cuda")).argmax(-1)))
+    return tokens
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
+    per = [rel_err(x, y) for x, y in zip(a, b)]
+    return {"prefill": per[0], "decode_max": max(per[1:]), "decode_mean": sum(per[1:]) / len(per[1:]),
+            "argmax_agree": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+@torch.inference_mode()
+def agreement(model: OmniMamba, prompt_len: int, steps: int) -> dict:
+    """Kernel path vs PyTorch path, first in fp32 (same function?), then in bf16 (the spec's case)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device="cuda", generator=g)
+    embeds = model.with_mmu_positions(model.text_embeddings(ids))
+    out = {"prompt_tokens": prompt_len, "greedy_steps": steps}
+    ref_tokens = greedy(model, embeds, steps, kernels=False)
+    ref = forced_logits(model, embeds, ref_tokens, kernels=False)
+    out["fp32_kernels_vs_torch"] = compare(forced_logits(model, embeds, ref_tokens, kernels=True), ref)
+    out["fp32_same_greedy_tokens"] = greedy(model, embeds, steps, kernels=True) == ref_tokens
+    model.to(torch.bfloat16)
+    embeds = model.with_mmu_positions(model.text_embeddings(ids))
+    k = forced_logits(model, embeds, ref_tokens, kernels=True)
+    t = forced_logits(model, embeds, ref_tokens, kernels=False)
+    out["bf16_kernels_vs_torch"] = compare(k, t)
+    out["bf16_kernels_vs_fp32"] = compare(k, ref)
+    out["bf16_torch_vs_fp32"] = compare(t, ref)
+    # Decode steps alone: both paths continue from one and the same bf16 prefill state.
+    model.set_kernels(False)
+    start, _ = model.prefill(embeds, "mmu")
+    out["bf16_decode_only_kernels_vs_torch"] = compare(
+        torch.cat([ref[:1], forced_logits(model, None, ref_tokens, True, start)]),
+        torch.cat([ref[:1], forced_logits(model, None, ref_tokens, False, start)]))
+    gk, gt = greedy(model, embeds, steps, True), greedy(model, embeds, steps, False)
+    out["bf16_greedy_tokens_kernels"], out["bf16_greedy_tokens_torch"] = gk, gt
+    out["bf16_same_greedy_tokens"] = gk == gt
+    out["bf16_first_divergence"] = None if gk == gt else next(i for i, (a, b) in enumerate(zip(gk, gt)) if a != b)
+    model.set_kernels(True)
+    return out
+
+
+@torch.inference_mode()
+def decode_latency(model: OmniMamba, context: int, steps: int = 200) -> dict:
+    ids = torch.randint(0, model.config.vocab_size, (1, context), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    state, logits = model.prefill(model.with_mmu_positions(model.text_embeddings(ids)), "mmu")
+    torch.cuda.synchronize()
+    prefill_s = time.perf_counter() - t0
+    token = logits.argmax(-1)
+    for _ in range(10):  # capture + warm-up
+        token = model.step(state, token).argmax(-1)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        token = model.step(state, token).argmax(-1)
+    torch.cuda.synchronize()
+    return {"context_tokens": context, "prefill_seconds": prefill_s,
+            "decode_ms_per_token": 1e3 * (time.perf_counter() - t0) / steps, "decode_steps_timed": steps,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--contexts", default="1024,16384,100000")
+    args = ap.parse_args()
+    import mamba_ssm
+    import triton
+
+    model = build(torch.float32)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "triton": triton.__version__, "mamba_ssm": mamba_ssm.__version__, "python": platform.python_version(),
+              "dtype": "bfloat16", "batch_size": 1, "weights": "random (seed 0), full OmniMamba-1.3B config"}
+    try:
+        import causal_conv1d_cuda  # noqa: F401
+        result["causal_conv1d_cuda"] = True
+    except ImportError:
+        result["causal_conv1d_cuda"] = False
+    result["conv_update_triton_max_abs_err"] = conv_check()
+    result["agreement"] = agreement(model, prompt_len=600, steps=64)  # leaves the model in bf16
+    print(json.dumps({k: v for k, v in result["agreement"].items() if "tokens_" not in k}), flush=True)
+    bw = hbm_bandwidth()
+    nbytes = decode_bytes(model)
+    result["hbm_copy_bandwidth_bytes_per_s"] = bw
+    result["decode_weight_bytes"] = nbytes
+    result["weight_read_floor_ms"] = 1e3 * nbytes / bw
+    result["latency"] = []
+    for ctx in [int(c) for c in args.contexts.split(",")]:
+        row = decode_latency(model, ctx)
+        row["vs_floor"] = row["decode_ms_per_token"] / result["weight_read_floor_ms"]
+        result["latency"].append(row)
+        print(json.dumps(row), flush=True)
+    first = result["latency"][0]["decode_ms_per_token"]
+    result["longest_vs_shortest"] = result["latency"][-1]["decode_ms_per_token"] / first
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "omnimamba_gpu.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("agreement", "latency")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

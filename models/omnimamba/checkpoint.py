@@ -1,0 +1,156 @@
+"""Finding, loading and writing OmniMamba checkpoints, and the `tiny` preset.
+
+A checkpoint is a folder (or the hub repo `hustvl/OmniMamba`) holding `OmniMamba-1.3b.pth`, the full
+state dict under upstream's names (the file upstream's inference scripts load). Optional beside it:
+`config.json` (an `OmniMambaConfig`; absent means the published 1.3B sizes) and `tokenizer/` (absent
+means `EleutherAI/gpt-neox-20b`, the tokenizer upstream uses). Upstream then adds `[PAD]` and its nine
+task tokens; so do we, for every tokenizer, so their ids come out as upstream's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from omnibench.protocol import OmnibenchError
+
+from .modeling_omnimamba import (SPECIAL_TOKENS, OmniMamba, OmniMambaConfig, load_official_state_dict,
+                                 official_state_dict)
+from .vision import VisionConfig
+from .vq import VQConfig
+
+WEIGHTS_NAME = "OmniMamba-1.3b.pth"
+DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
+TINY_SEED = 0
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def add_task_tokens(tokenizer):
+    """Upstream's UniversalPrompting: a [PAD] pad token, then the task tokens as added tokens."""
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    tokenizer.add_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source, model_max_length=2048)
+    except Exception as exc:
+        raise OmnibenchError(f"cannot load the OmniMamba tokenizer from '{source}': {_first_line(exc)} "
+                             f"-- put a copy of {DEFAULT_TOKENIZER} in <checkpoint>/tokenizer") from exc
+    return add_task_tokens(tok)
+
+
+def resolve_weights(pretrained: str) -> Path:
+    """A local folder / .pth file, else the hub repo id; an OmnibenchError names what was tried."""
+    path = Path(pretrained)
+    if path.is_dir():
+        if not (path / WEIGHTS_NAME).is_file():
+            raise OmnibenchError(f"no {WEIGHTS_NAME} in checkpoint folder {path} "
+                                 f"-- download it from hustvl/OmniMamba into that folder")
+        return path / WEIGHTS_NAME
+    if path.is_file():
+        return path
+    if path.is_absolute() or pretrained.startswith(".") or pretrained.count("/") != 1:
+        raise OmnibenchError(f"OmniMamba checkpoint not found: {pretrained} "
+                             f"(pass --model_args pretrained=<folder with {WEIGHTS_NAME}> or a hub id)")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id=pretrained, filename=WEIGHTS_NAME))
+    except Exception as exc:
+        raise OmnibenchError(f"cannot fetch {WEIGHTS_NAME} from hub repo '{pretrained}': {_first_line(exc)} "
+                             f"-- download it and pass --model_args pretrained=<folder>") from exc
+
+
+def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):  # trainer checkpoints sometimes nest the weights
+        if set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
+            sd = sd[wrapper]
+    return sd
+
+
+def from_pretrained(pretrained: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a checkpoint folder, .pth file or hub id."""
+    weights = resolve_weights(pretrained)
+    folder = weights.parent
+    cfg_file = folder / "config.json"
+    cfg = OmniMambaConfig.from_dict(json.loads(cfg_file.read_text())) if cfg_file.is_file() else OmniMambaConfig()
+    tokenizer = load_tokenizer(str(folder / "tokenizer") if (folder / "tokenizer").is_dir() else DEFAULT_TOKENIZER)
+    with torch.device(device):
+        model = OmniMamba(cfg)
+    try:
+        load_official_state_dict(model, read_state_dict(weights))
+    except ValueError as exc:
+        raise OmnibenchError(f"{weights}: {exc}") from exc
+    return model.to(dtype).eval(), tokenizer
+
+
+def save_pretrained(model: OmniMamba, tokenizer_base, folder: Path) -> None:
+    """Write `folder` in the layout `from_pretrained` reads (the base tokenizer, before task tokens)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(official_state_dict(model), folder / WEIGHTS_NAME)
+    (folder / "config.json").write_text(model.config.to_json())
+    tokenizer_base.save_pretrained(str(folder / "tokenizer"))
+
+
+# --- tiny preset ----------------------------------------------------------------------------------
+TINY_WORDS = ("the a an is are was of in on at to and or with what which who how many there this that "
+              "it image picture photo describe answer question yes no not one two three four five six "
+              "red green blue yellow black white cat dog man woman person car bus tree sky table bed "
+              "lamp bedroom bicycle sheep horse bird left right color shape square circle single word "
+              "phrase please detail using USER ASSISTANT").split()
+
+
+def tiny_config() -> OmniMambaConfig:
+    n = len(add_task_tokens(tiny_base_tokenizer()))
+    return OmniMambaConfig(
+        d_model=64, n_layer=2, vocab_size=n + (-n) % 16,  # upstream pads the text vocabulary to 16
+        image_vocab_size=64, num_image_tokens=16, d_state=16,
+        headdim=16, chunk_size=16,
+        vision=VisionConfig(image_size=56, dino_width=32, dino_layers=2, dino_heads=2, siglip_width=32,
+                            siglip_layers=2, siglip_heads=2, siglip_mlp=64),
+        vq=VQConfig(codebook_size=64, ch=32, ch_mult=(1, 1, 1), z_channels=32, num_res_blocks=1))
+
+
+def tiny_base_tokenizer():
+    """A word-level tokenizer made in code (no download), with gpt-neox's <|endoftext|> as bos/eos."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<|endoftext|>", "[UNK]", *TINY_WORDS, *".,:;?!'\"-()0123456789"])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="[UNK]")
+
+
+def tiny_checkpoint() -> Path:
+    """Build (once) the tiny preset's folder under the omnibench cache and return it: random weights
+    from a fixed seed, written in the official layout so it loads through `from_pretrained`."""
+    from omnibench.data import cache_root
+
+    cfg = tiny_config()
+    digest = hashlib.sha256((cfg.to_json() + str(TINY_SEED)).encode()).hexdigest()[:12]
+    folder = cache_root() / "models" / f"omnimamba-tiny-{digest}"
+    if not (folder / WEIGHTS_NAME).is_file():
+        torch.manual_seed(TINY_SEED)
+        model = OmniMamba(cfg)
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        save_pretrained(model, tiny_base_tokenizer(), tmp)
+        if folder.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(folder)
+    return folder

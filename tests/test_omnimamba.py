@@ -1,0 +1,335 @@
+"""OmniMamba on CPU: the plain-PyTorch SSD scan, recurrent decoding, LoRA routing, checkpoint names,
+and both tasks end to end on the tiny preset."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from models.omnimamba import OmniMambaAdapter
+from models.omnimamba.adapter import mmu_prompt, sample_tokens
+from models.omnimamba.checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, tiny_base_tokenizer, tiny_config
+from models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, load_official_state_dict, official_state_dict
+from models.omnimamba.ssd import ssd_chunked, ssd_sequential
+from omnibench.data import drawn_image
+from omnibench.protocol import OmnibenchError, Request
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def model() -> OmniMamba:
+    torch.manual_seed(0)
+    return OmniMamba(tiny_config()).double().eval()
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory) -> OmniMambaAdapter:
+    old = os.environ.get("OMNIBENCH_CACHE")
+    os.environ["OMNIBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield OmniMambaAdapter(preset="tiny")
+    finally:
+        os.environ.pop("OMNIBENCH_CACHE") if old is None else os.environ.__setitem__("OMNIBENCH_CACHE", old)
+
+
+# --- the scan ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("length,chunk,groups", [(37, 8, 2), (16, 16, 1), (5, 16, 1), (64, 16, 4)])
+def test_chunked_scan_equals_sequential_recurrence_in_float64(length, chunk, groups):
+    g = torch.Generator().manual_seed(length)
+    b, h, p, n = 2, 4, 3, 5
+    f64 = dict(dtype=torch.float64, generator=g)
+    x, B, C = torch.randn(b, length, h, p, **f64), torch.randn(b, length, groups, n, **f64), torch.randn(b, length, groups, n, **f64)
+    dt, A, D = torch.rand(b, length, h, **f64), -torch.rand(h, **f64) * 3, torch.randn(h, **f64)
+    s0 = torch.randn(b, h, p, n, **f64)
+    y, s = ssd_chunked(x, dt, A, B, C, D, chunk, initial_state=s0)
+    y_ref, s_ref = ssd_sequential(x, dt, A, B, C, D, initial_state=s0)
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    assert y.dtype == torch.float64
+
+
+def test_chunked_scan_is_not_trivially_equal_when_a_decay_is_dropped():
+    # Guard on the test above: a scan that forgot the inter-chunk decay would differ by far more.
+    g = torch.Generator().manual_seed(3)
+    x, B, C = torch.randn(1, 32, 2, 2, generator=g, dtype=torch.float64), torch.randn(1, 32, 1, 3, generator=g, dtype=torch.float64), torch.randn(1, 32, 1, 3, generator=g, dtype=torch.float64)
+    dt, A, D = torch.rand(1, 32, 2, generator=g, dtype=torch.float64), -torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    y_ref, _ = ssd_sequential(x, dt, A, B, C, D)
+    y_no_decay, _ = ssd_sequential(x, dt, A * 0, B, C, D)
+    assert rel(y_no_decay, y_ref) > 1e-2
+
+
+# --- recurrent decoding --------------------------------------------------------------------------
+def test_mmu_decoding_from_the_state_equals_a_full_forward(model):
+    cfg = model.config
+    ids = torch.randint(0, cfg.vocab_size, (2, 41), generator=torch.Generator().manual_seed(0))
+    full = model.logits(model(model.with_mmu_positions(model.text_embeddings(ids)), "mmu"), "mmu")
+    prompt = 19  # crosses the chunk boundary (chunk 16) in the prefill and again while stepping
+    state, logits = model.prefill(model.with_mmu_positions(model.text_embeddings(ids[:, :prompt])), "mmu")
+    stepped = [logits]
+    for t in range(prompt, ids.shape[1]):
+        stepped.append(model.step(state, ids[:, t]))
+    stepped = torch.stack(stepped, dim=1)
+    assert rel(stepped, full[:, prompt - 1:]) < 1e-10
+    assert state.position.tolist() == [41, 41]
+
+
+def test_t2i_decoding_uses_image_embeddings_and_positions_like_the_training_forward(model):
+    cfg = model.config
+    g = torch.Generator().manual_seed(1)
+    caption = torch.randint(0, cfg.vocab_size, (1, cfg.caption_len + 4), generator=g)
+    codes = torch.randint(0, cfg.image_vocab_size, (1, cfg.num_image_tokens), generator=g)
+    cap = model.caption_embeddings(caption)
+    # Upstream's training layout: [caption embeds ; image code embeds] + pos_embed[:, :L]
+    img = model.lm.backbone.img_embeddings(codes) + model.lm.backbone.pos_embed[:, cap.shape[1]: cap.shape[1] + codes.shape[1]]
+    full = model.logits(model(torch.cat([cap, img], 1), "t2i"), "t2i")
+    state, logits = model.prefill(cap, "t2i")
+    stepped = [logits] + [model.step(state, codes[:, i]) for i in range(codes.shape[1] - 1)]
+    assert rel(torch.stack(stepped, 1), full[:, cap.shape[1] - 1: -1]) < 1e-10
+    assert full.shape[-1] == cfg.image_vocab_size
+
+
+# --- LoRA routing --------------------------------------------------------------------------------
+def test_lora_linear_adds_only_the_chosen_branch():
+    torch.manual_seed(0)
+    lin = LoRALinear(6, 5, r=2, alpha=8).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for route, other in (("mmu", "t2i"), ("t2i", "mmu")):
+        a, b = getattr(lin, f"{route}_lora_A0").weight, getattr(lin, f"{route}_lora_B0").weight
+        expected = x @ lin.weight.T + 4.0 * (x @ a.T) @ b.T
+        assert torch.allclose(lin(x, route), expected)
+        assert torch.allclose(lin.merged(route), lin.weight + 4.0 * b @ a)
+
+
+def test_changing_one_routes_lora_moves_only_that_routes_outputs(model):
+    ids = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
+    emb = model.with_mmu_positions(model.text_embeddings(ids))
+    before = {r: model(emb, r).clone() for r in ("mmu", "t2i")}
+    b = model.lm.backbone.layers[0].mixer.in_proj.t2i_lora_B0.weight
+    saved = b.detach().clone()
+    with torch.no_grad():
+        b.add_(0.5)
+    try:
+        after = {r: model(emb, r) for r in ("mmu", "t2i")}
+    finally:
+        with torch.no_grad():
+            b.copy_(saved)
+    assert torch.equal(after["mmu"], before["mmu"])
+    assert rel(after["t2i"], before["t2i"]) > 1e-3
+    assert rel(before["mmu"], before["t2i"]) > 1e-3  # the two routes really are different functions
+
+
+# --- checkpoint names ----------------------------------------------------------------------------
+OFFICIAL_KEYS = [
+    "vision_backbone.dino_featurizer.cls_token", "vision_backbone.dino_featurizer.reg_token",
+    "vision_backbone.dino_featurizer.pos_embed", "vision_backbone.dino_featurizer.blocks.1.attn.qkv.weight",
+    "vision_backbone.dino_featurizer.blocks.0.ls1.gamma", "vision_backbone.dino_featurizer.norm.weight",
+    "vision_backbone.siglip_featurizer.patch_embed.proj.weight", "vision_backbone.siglip_featurizer.blocks.0.attn.qkv.bias",
+    "vision_backbone.siglip_featurizer.attn_pool.latent", "vision_backbone.siglip_featurizer.attn_pool.kv.weight",
+    "projector.projector.0.weight", "projector.projector.4.bias",
+    "llm_backbone.vqvae.encoder.conv_blocks.0.downsample.conv.weight", "llm_backbone.vqvae.decoder.conv_blocks.0.attn.0.q.weight",
+    "llm_backbone.vqvae.quantize.embedding.weight", "llm_backbone.vqvae.quantize.codebook_used",
+    "llm_backbone.vqvae.post_quant_conv.weight",
+    "llm_backbone.mamba.backbone.embedding.weight", "llm_backbone.mamba.backbone.mmu_pos_embed",
+    "llm_backbone.mamba.backbone.pos_embed", "llm_backbone.mamba.backbone.caption_embed.cap_proj.fc1.weight",
+    "llm_backbone.mamba.backbone.img_embeddings.word_embeddings.weight",
+    "llm_backbone.mamba.backbone.img_embeddings.project_in.projector.2.weight",
+    "llm_backbone.mamba.backbone.layers.1.norm.weight", "llm_backbone.mamba.backbone.layers.1.mixer.in_proj.weight",
+    "llm_backbone.mamba.backbone.layers.0.mixer.in_proj.mmu_lora_A0.weight",
+    "llm_backbone.mamba.backbone.layers.0.mixer.in_proj.t2i_lora_B0.weight",
+    "llm_backbone.mamba.backbone.layers.0.mixer.conv1d.weight", "llm_backbone.mamba.backbone.layers.0.mixer.dt_bias",
+    "llm_backbone.mamba.backbone.layers.0.mixer.A_log", "llm_backbone.mamba.backbone.layers.0.mixer.D",
+    "llm_backbone.mamba.backbone.layers.0.mixer.norm.weight", "llm_backbone.mamba.backbone.layers.0.mixer.out_proj.weight",
+    "llm_backbone.mamba.backbone.norm_f.weight", "llm_backbone.mamba.lm_head.weight", "llm_backbone.mamba.img_head.weight",
+]
+
+
+def test_official_state_dict_uses_upstream_names_and_shapes(model):
+    sd = official_state_dict(model)
+    assert set(OFFICIAL_KEYS) <= set(sd)
+    assert not [k for k in sd if "q_proj" in k or "encoder.layer" in k or "position_embedding" in k]
+    cfg = model.config
+    assert sd["vision_backbone.dino_featurizer.pos_embed"].shape == (1, cfg.vision.num_patches, cfg.vision.dino_width)
+    assert sd["vision_backbone.dino_featurizer.blocks.0.attn.qkv.weight"].shape == (3 * cfg.vision.dino_width, cfg.vision.dino_width)
+    d_in = 2 * cfg.d_inner + 2 * cfg.d_state + cfg.nheads
+    assert sd["llm_backbone.mamba.backbone.layers.0.mixer.in_proj.weight"].shape == (d_in, cfg.d_model)
+    assert sd["llm_backbone.mamba.backbone.layers.0.mixer.in_proj.mmu_lora_A0.weight"].shape == (8, cfg.d_model)
+    assert sd["llm_backbone.mamba.backbone.pos_embed"].shape == (1, cfg.num_image_tokens + 73, cfg.d_model)
+    assert sd["llm_backbone.mamba.backbone.mmu_pos_embed"].shape == (1, 1500, cfg.d_model)
+    # Tied tables, as upstream ties them.
+    assert torch.equal(sd["llm_backbone.mamba.lm_head.weight"], sd["llm_backbone.mamba.backbone.embedding.weight"])
+
+
+def test_checkpoint_round_trip_keeps_every_official_tensor_and_the_outputs(tmp_path):
+    torch.manual_seed(1)
+    original = OmniMamba(tiny_config()).eval()
+    save_pretrained(original, tiny_base_tokenizer(), tmp_path)
+    loaded, tok = from_pretrained(str(tmp_path))
+    a, b = official_state_dict(original), official_state_dict(loaded)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert tok.convert_tokens_to_ids("<|mmu|>") == len(tiny_base_tokenizer()) + 1 + 5  # [PAD] then soi..mmu
+    # Same vision features (the timm <-> transformers map is exact) and same language-model outputs.
+    pixels = loaded.vision_backbone.preprocess([drawn_image(3, size=56)])
+    with torch.no_grad():
+        assert torch.allclose(original.image_features(pixels), loaded.image_features(pixels), atol=1e-6)
+        emb = torch.randn(1, 9, original.config.d_model)
+        assert torch.allclose(original(emb, "mmu"), loaded(emb, "mmu"), atol=1e-6)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ("drop", "llm_backbone.mamba.backbone.layers.1.mixer.A_log"),
+    ("extra", "llm_backbone.mamba.backbone.layers.0.mixer.in_proj.mmu_lora_A1.weight"),
+    ("shape", "llm_backbone.mamba.backbone.mmu_pos_embed"),
+])
+def test_a_wrong_key_set_fails_and_names_the_key(model, change, needle):
+    sd = dict(official_state_dict(model))
+    if change == "drop":
+        del sd[needle]
+    elif change == "extra":
+        sd[needle] = torch.zeros(8, model.config.d_model)
+    else:
+        sd[needle] = sd[needle][:, :10]
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")) as err:
+        load_official_state_dict(model, sd)
+    assert ("missing" if change == "drop" else "unexpected" if change == "extra" else "shape") in str(err.value)
+
+
+def test_from_pretrained_reports_a_bad_checkpoint_with_its_path(tmp_path):
+    torch.manual_seed(2)
+    m = OmniMamba(tiny_config())
+    save_pretrained(m, tiny_base_tokenizer(), tmp_path)
+    sd = torch.load(tmp_path / WEIGHTS_NAME, weights_only=True)
+    del sd["projector.projector.2.bias"]
+    torch.save(sd, tmp_path / WEIGHTS_NAME)
+    with pytest.raises(OmnibenchError, match=r"projector\.projector\.2\.bias") as err:
+        from_pretrained(str(tmp_path))
+    assert str(tmp_path) in str(err.value)
+
+
+def test_missing_checkpoint_is_an_actionable_error(tmp_path):
+    with pytest.raises(OmnibenchError, match="not found: /nowhere/omnimamba"):
+        OmniMambaAdapter(pretrained="/nowhere/omnimamba")
+    with pytest.raises(OmnibenchError, match=f"no {WEIGHTS_NAME} in checkpoint folder {tmp_path}"):
+        OmniMambaAdapter(pretrained=str(tmp_path))
+
+
+# --- end to end on the tiny preset ---------------------------------------------------------------
+def test_prompt_layouts_follow_upstream(adapter):
+    assert mmu_prompt("Is there a cat?") == "USER: Is there a cat? ASSISTANT:"
+    tok, n = adapter.tokenizer, adapter.model.config.caption_len
+    ids = adapter.t2i_ids("a red cat")
+    assert len(ids) == n + 4
+    assert ids[:2] == [tok.convert_tokens_to_ids("<|t2i|>"), tok.convert_tokens_to_ids("<|sot|>")]
+    assert ids[-2:] == [tok.convert_tokens_to_ids("<|eot|>"), tok.convert_tokens_to_ids("<|soi|>")]
+    assert ids[2: n + 2] == [tok.pad_token_id] * (n - 3) + tok("a red cat").input_ids  # left-padded
+    long_ids = adapter.t2i_ids(" ".join(["cat"] * 100))
+    assert len(long_ids) == n + 4 and tok.pad_token_id not in long_ids  # cut to the first 68 tokens
+
+
+def test_mmu_batch_answers_equal_one_by_one_answers(adapter):
+    reqs = [Request("a", "what color is the square?", [drawn_image(1, size=56)], {"max_new_tokens": 6}),
+            Request("b", "how many", [drawn_image(2, size=40, shape="circle")], {"max_new_tokens": 3}),
+            Request("c", "describe the picture in detail please", [], {"max_new_tokens": 5})]
+    batched = adapter.generate_text(reqs)
+    alone = [adapter.generate_text([r])[0] for r in reqs]
+    assert batched == alone
+    assert all(isinstance(t, str) for t in batched)
+    assert len(adapter.tokenizer(batched[1]).input_ids) <= 3
+
+
+def test_mmu_generation_reads_the_image(adapter):
+    q = "what color is the square?"
+    one = adapter.generate_text([Request("a", q, [drawn_image(1, size=56)], {"max_new_tokens": 4})])
+    feats = adapter.model.image_features(adapter.model.vision_backbone.preprocess([drawn_image(1, size=56)]))
+    emb_img = adapter.mmu_embeddings(q, feats)
+    emb_other = adapter.mmu_embeddings(q, adapter.model.image_features(
+        adapter.model.vision_backbone.preprocess([drawn_image(9, size=56, shape="circle")])))
+    assert emb_img.shape[1] == 2 + adapter.model.config.vision.num_patches + 2 + len(adapter.tokenizer(mmu_prompt(q)).input_ids)
+    _, l1 = adapter.model.prefill(emb_img, "mmu")
+    _, l2 = adapter.model.prefill(emb_other, "mmu")
+    assert not torch.allclose(l1, l2)
+    assert one[0] == adapter.generate_text([Request("a", q, [drawn_image(1, size=56)], {"max_new_tokens": 4})])[0]
+
+
+class _ScriptedModel:
+    """Stands in for the network: row r emits token script[r][i] at step i."""
+
+    def __init__(self, script, vocab):
+        self.script, self.vocab, self.i = script, vocab, 0
+
+    def step(self, state, token):
+        self.i += 1
+        logits = torch.zeros(len(self.script), self.vocab)
+        for r, row in enumerate(self.script):
+            logits[r, row[min(self.i, len(row) - 1)]] = 1.0
+        return logits
+
+
+def test_greedy_stops_each_row_at_eos_or_eot_and_the_batch_when_all_stopped(adapter):
+    eos, eot = adapter.tokenizer.eos_token_id, adapter.ids["eot"]
+    script = [[5, 6, eos, 7, 7, 7, 7], [5, 6, 7, 8, eot, 9, 9]]
+    real = adapter.model
+    try:
+        adapter.model = _ScriptedModel(script, 128)
+        first = torch.zeros(2, 128)
+        first[0, 5], first[1, 5] = 1, 1
+        out = adapter.greedy(None, first, max_new_tokens=20)
+    finally:
+        adapter.model = real
+    assert out.shape[1] == 5  # stopped once the second row produced [EOT]
+    assert out[0, :3].tolist() == [5, 6, eos] and out[1].tolist() == [5, 6, 7, 8, eot]
+
+
+def test_sampling_follows_upstream_top_k_rules():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0], [3.0, 0.0, 0.0, 2.0]])
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert sample_tokens(logits, 1.0, 1, gens).tolist() == [1, 0]
+    draws = torch.stack([sample_tokens(logits, 5.0, 2, gens) for _ in range(200)])
+    assert set(draws[:, 0].tolist()) == {1, 3} and set(draws[:, 1].tolist()) == {0, 3}
+
+
+def test_t2i_draws_deterministic_images_of_the_vq_size(adapter):
+    reqs = [Request("x", "a red cat", seed=1), Request("y", "a dog on a bed", seed=2)]
+    imgs = adapter.generate_images(reqs)
+    side = int(adapter.model.config.num_image_tokens ** 0.5) * 2 ** (len(adapter.model.config.vq.ch_mult) - 1)
+    assert [i.size for i in imgs] == [(side, side)] * 2 and imgs[0].mode == "RGB"
+    assert [i.tobytes() for i in adapter.generate_images(reqs)] == [i.tobytes() for i in imgs]
+    codes = adapter.generate_image_tokens(reqs)
+    assert codes.shape == (2, adapter.model.config.num_image_tokens)
+    assert int(codes.max()) < adapter.model.config.image_vocab_size
+
+
+def test_t2i_sampling_is_seeded_per_request(adapter):
+    saved = adapter.top_k, adapter.temperature
+    adapter.top_k, adapter.temperature = 0, 1.0
+    try:
+        a = adapter.generate_image_tokens([Request("x", "a red cat", seed=7)])
+        b = adapter.generate_image_tokens([Request("x", "a red cat", seed=7), Request("y", "a red cat", seed=8)])
+    finally:
+        adapter.top_k, adapter.temperature = saved
+    assert torch.equal(a[0], b[0])  # the same seed draws the same image whatever the batch
+    assert not torch.equal(b[0], b[1])
+
+
+def test_cfg_doubles_the_batch_with_the_null_caption(adapter):
+    adapter.cfg_scale = 3.0
+    try:
+        guided = adapter.generate_image_tokens([Request("x", "a red cat", seed=1)])
+    finally:
+        adapter.cfg_scale = 1.0
+    plain = adapter.generate_image_tokens([Request("x", "a red cat", seed=1)])
+    assert guided.shape == plain.shape and not torch.equal(guided, plain)
+
+
+def test_speed_sweep_api_prefill_then_decode_step(adapter):
+    ids = torch.randint(0, 100, (1, 30), generator=torch.Generator().manual_seed(5))
+    state = adapter.prefill(ids)
+    nxt = state.logits.argmax(-1)
+    logits = adapter.decode_step(state, nxt)
+    m = adapter.model
+    full = m.logits(m(m.with_mmu_positions(m.text_embeddings(torch.cat([ids, nxt[:, None]], 1))), "mmu"), "mmu")
+    assert torch.allclose(logits, full[:, -1], atol=1e-4)
+    assert int(state.position) == 31
