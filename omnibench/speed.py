@@ -98,10 +98,15 @@ class _Timeout(Exception):
 
 
 def context_ids(adapter: ModelAdapter, length: int) -> torch.Tensor:
+    """Token ids of the exact length: the adapter's own `speed_context` if it has one, else ids drawn
+    (seeded) from the first 1000 entries of its tokenizer's vocabulary. Time and memory per position do
+    not depend on which tokens fill the context."""
     if hasattr(adapter, "speed_context"):
         return adapter.speed_context(length)
+    tokenizer = getattr(adapter, "tokenizer", None)
+    high = min(len(tokenizer), 1000) if tokenizer is not None else 1000
     gen = torch.Generator().manual_seed(length)
-    return torch.randint(100, 1000, (1, length), generator=gen)
+    return torch.randint(0, high, (1, length), generator=gen)
 
 
 def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:

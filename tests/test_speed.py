@@ -129,3 +129,25 @@ def test_reports_render_tables_ratios_and_plots(tmp_path):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(paths["json"].read_text())
     assert data["manifest"]["command"] == "run_speed.py --test" and len(data["points"]) == len(points)
+
+
+def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys):
+    from omnibench.speed_cli import main
+    code = main(["--device", "cpu", "--preset", "tiny", "--max-len", "256", "--lengths", "64,256,1024",
+                 "--models", "omnimamba", "--dtype", "float32", "--decode-steps", "4", "--repeats", "1",
+                 "--image-batch", "2", "--output-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "speed.json").read_text())
+    ctx = {p["length"]: p for p in data["points"] if p["kind"] == "context"}
+    assert sorted(ctx) == [64, 256] and all(p["status"] == "ok" for p in ctx.values())  # 1024 > --max-len
+    assert data["manifest"]["config"]["preset"] == "tiny"
+    img = next(p for p in data["points"] if p["kind"] == "image_gen")
+    assert img["status"] == "ok" and img["batch"] == 2
+
+
+def test_cli_rejects_unknown_model_and_mode(capsys):
+    from omnibench.speed_cli import main
+    assert main(["--models", "nosuch", "--device", "cpu"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+    assert main(["--modes", "fastest", "--device", "cpu"]) == 2
+    assert "unknown mode 'fastest'" in capsys.readouterr().err

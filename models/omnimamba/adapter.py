@@ -1,6 +1,8 @@
 """`--model omnimamba`: OmniMamba behind omnibench's ModelAdapter contract.
 
-model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba) or `preset=tiny`;
+model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba), `preset=tiny` (random
+tiny model for tests) or `preset=full` (full size, random weights: speed and memory only); `mode=best`
+(CUDA-graph decode steps, default) or `mode=as_published` (eager decode steps);
 T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
 top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
 "A picture"); `cuda_graphs=false` to decode eagerly on GPU.
@@ -15,7 +17,7 @@ from PIL import Image
 
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
-from .checkpoint import from_pretrained, tiny_checkpoint
+from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
 from .modeling_omnimamba import DecodeState, OmniMamba
 
 DEFAULT_PRETRAINED = "hustvl/OmniMamba"
@@ -64,12 +66,20 @@ class OmniMambaAdapter(ModelAdapter):
             raise OmnibenchError(f"unknown dtype '{dtype}' for omnimamba (use auto, {', '.join(_DTYPES)})")
         torch_dtype = _DTYPES.get(dtype, torch.float32)
         preset = model_args.get("preset")
-        if preset not in (None, "tiny"):
-            raise OmnibenchError(f"unknown omnimamba preset '{preset}' (known: tiny)")
-        source = str(tiny_checkpoint()) if preset == "tiny" else model_args.get("pretrained", DEFAULT_PRETRAINED)
+        if preset not in (None, "tiny", "full"):
+            raise OmnibenchError(f"unknown omnimamba preset '{preset}' (known: tiny, full)")
+        self.mode = model_args.get("mode", "best")
+        if self.mode not in ("best", "as_published"):
+            raise OmnibenchError(f"unknown omnimamba mode '{self.mode}' (known: best, as_published)")
         self.model: OmniMamba
-        self.model, self.tokenizer = from_pretrained(source, device, torch_dtype)
-        self.model.use_cuda_graphs = str(model_args.get("cuda_graphs", "true")).lower() != "false"
+        if preset == "full":  # full size, random weights, tiny tokenizer: for speed and memory only
+            self.model, self.tokenizer = random_full(device, torch_dtype), add_task_tokens(tiny_base_tokenizer())
+        else:
+            source = str(tiny_checkpoint()) if preset == "tiny" else model_args.get("pretrained", DEFAULT_PRETRAINED)
+            self.model, self.tokenizer = from_pretrained(source, device, torch_dtype)
+        # best: decode steps captured in CUDA graphs; as_published: upstream's eager step loop.
+        default_graphs = "true" if self.mode == "best" else "false"
+        self.model.use_cuda_graphs = str(model_args.get("cuda_graphs", default_graphs)).lower() != "false"
         self.temperature = float(model_args.get("temperature", 1.0))
         self.top_k = int(model_args.get("top_k", 1))
         self.cfg_scale = float(model_args.get("cfg_scale", 1.0))

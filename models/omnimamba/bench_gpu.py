@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from .modeling_omnimamba import DecodeState, OmniMamba, OmniMambaConfig
+from .checkpoint import random_full
+from .modeling_omnimamba import DecodeState, OmniMamba
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,18 +27,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def build(dtype: torch.dtype) -> OmniMamba:
-    torch.manual_seed(0)
-    cfg = OmniMambaConfig()
-    with torch.device("cuda"):
-        model = OmniMamba(cfg)
-    with torch.no_grad():  # upstream's _init_weights: small embeddings, out_proj scaled by 1/sqrt(depth)
-        for emb in (model.lm.backbone.embedding, model.lm.backbone.img_embeddings.word_embeddings):
-            emb.weight.normal_(std=0.02)
-        for layer in model.lm.backbone.layers:
-            layer.mixer.out_proj.weight.div_(math.sqrt(cfg.n_layer))
-            for route in ("mmu", "t2i"):  # trained LoRA branches are non-zero; make both count
-                getattr(layer.mixer.in_proj, f"{route}_lora_B0").weight.normal_(std=0.02)
-    return model.to(dtype).eval()
+    return random_full("cuda", dtype)
 
 
 def hbm_bandwidth() -> float:

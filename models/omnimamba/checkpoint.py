@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -103,6 +104,24 @@ def save_pretrained(model: OmniMamba, tokenizer_base, folder: Path) -> None:
     torch.save(official_state_dict(model), folder / WEIGHTS_NAME)
     (folder / "config.json").write_text(model.config.to_json())
     tokenizer_base.save_pretrained(str(folder / "tokenizer"))
+
+
+def random_full(device: str, dtype: torch.dtype, seed: int = 0) -> OmniMamba:
+    """The full 1.3B architecture with random weights (speed and memory measurement only), built on the
+    target device. Upstream's init: small embeddings, out_proj scaled by 1/sqrt(depth); both LoRA B
+    matrices non-zero so each route does real work."""
+    torch.manual_seed(seed)
+    cfg = OmniMambaConfig()
+    with torch.device(device):
+        model = OmniMamba(cfg)
+    with torch.no_grad():
+        for emb in (model.lm.backbone.embedding, model.lm.backbone.img_embeddings.word_embeddings):
+            emb.weight.normal_(std=0.02)
+        for layer in model.lm.backbone.layers:
+            layer.mixer.out_proj.weight.div_(math.sqrt(cfg.n_layer))
+            for route in ("mmu", "t2i"):
+                getattr(layer.mixer.in_proj, f"{route}_lora_B0").weight.normal_(std=0.02)
+    return model.to(dtype).eval()
 
 
 # --- tiny preset ----------------------------------------------------------------------------------
