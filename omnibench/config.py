@@ -23,6 +23,13 @@ def parse_kv(text: str | None, flag: str) -> dict[str, str]:
     return out
 
 
+def scoped_args(name: str, args: dict[str, str]) -> dict[str, str]:
+    """`key=v` applies to every task (or model), `<name>.key=v` to that one only, and wins."""
+    out = {k: v for k, v in args.items() if "." not in k}
+    out.update({k.split(".", 1)[1]: v for k, v in args.items() if k.startswith(name + ".")})
+    return out
+
+
 def parse_limit(text: str | None) -> float | None:
     """lmms-eval's --limit: a positive count, or a fraction in (0, 1) of each task."""
     if text is None:

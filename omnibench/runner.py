@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from omnibench import dist
 from omnibench.cache import SampleCache, atomic_write_text
-from omnibench.config import RunConfig, config_hash
+from omnibench.config import RunConfig, config_hash, scoped_args
 from omnibench.manifest import build_manifest
 from omnibench.protocol import Doc, ModelAdapter, OmnibenchError, Request, Task, chunks
 from omnibench.registry import get_model_class, get_task_class
@@ -33,13 +33,6 @@ def sample_seed(seed: int, sample_id: str) -> int:
     """Per-sample seed: the same image for a sample whatever its batch or rank, so resume is exact."""
     import hashlib
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:4], "little")
-
-
-def task_args_for(task: str, task_args: dict[str, str]) -> dict[str, str]:
-    """`key=v` applies to every task, `<task>.key=v` to one task only (and wins)."""
-    out = {k: v for k, v in task_args.items() if "." not in k}
-    out.update({k.split(".", 1)[1]: v for k, v in task_args.items() if k.startswith(task + ".")})
-    return out
 
 
 def limit_docs(docs: list[Doc], limit: float | None) -> list[Doc]:
@@ -79,7 +72,7 @@ class Runner:
     def run(self) -> dict[str, Any] | None:
         cfg = self.cfg
         get_model_class(cfg.model)  # unknown model: fail before any data is read
-        tasks = [get_task_class(name)(**task_args_for(name, cfg.task_args)) for name in cfg.tasks]
+        tasks = [get_task_class(name)(**scoped_args(name, cfg.task_args)) for name in cfg.tasks]
         dist.init(cfg.device)
         seed_everything(cfg.seed)
         results, counts, timing, fingerprints = {}, {}, {}, {}

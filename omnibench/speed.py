@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from omnibench.config import scoped_args
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 23552, 32768, 65536, 100000)
@@ -45,6 +46,7 @@ class SweepConfig:
     full_generation_budget_s: float = 60.0
     image_batch: int = 16
     output_dir: str = "reports/speed"
+    model_args: dict[str, str] = field(default_factory=dict)
 
 
 class Timer:
@@ -183,7 +185,7 @@ class SpeedStore:
     @staticmethod
     def key(point: dict[str, Any]) -> tuple:
         return (point["kind"], point["model"], point["mode"], point["length"], point["device"], point["dtype"],
-                point["preset"])
+                point["preset"], point.get("model_args", "{}"))
 
     def load(self) -> dict[tuple, dict[str, Any]]:
         out: dict[tuple, dict[str, Any]] = {}
@@ -211,8 +213,9 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
     """Every (model, mode, length) point not already in the store, then image-generation speed."""
     store = SpeedStore(Path(cfg.output_dir))
     done = store.load()
-    base = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset}
+    common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset}
     for model in cfg.models:
+        base = {**common, "model_args": json.dumps(scoped_args(model, cfg.model_args), sort_keys=True)}
         for mode in cfg.modes:
             todo = [n for n in sorted(cfg.lengths) if
                     SpeedStore.key({**base, "kind": "context", "model": model, "mode": mode, "length": n}) not in done]
@@ -247,9 +250,10 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                 done[img_key] = point
             del adapter
             _free()
-    wanted = {(m, mode) for m in cfg.models for mode in cfg.modes}
-    return [p for p in done.values() if (p["model"], p["mode"]) in wanted and p["device"] == cfg.device
-            and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset
+    wanted = {(m, mode, json.dumps(scoped_args(m, cfg.model_args), sort_keys=True))
+              for m in cfg.models for mode in cfg.modes}
+    return [p for p in done.values() if (p["model"], p["mode"], p.get("model_args", "{}")) in wanted
+            and p["device"] == cfg.device and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset
             and (p["kind"] == "image_gen" or p["length"] in cfg.lengths)]
 
 

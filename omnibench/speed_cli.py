@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from omnibench.config import parse_kv, scoped_args
 from omnibench.manifest import build_manifest
 from omnibench.protocol import ModelAdapter, OmnibenchError
 from omnibench.registry import get_model_class
@@ -22,6 +23,8 @@ def parse_args(argv: list[str]) -> SweepConfig:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--preset", default="full", help="full (random weights, full size), tiny, or a checkpoint: "
                    "pretrained=<path> is taken from --model_args")
+    p.add_argument("--model_args", default="", help="k=v,... for every model or <model>.k=v for one "
+                   "(e.g. omnimamba.cfg_scale=3)")
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--point-timeout", type=float, default=300.0, help="seconds per point before it is recorded as timeout")
@@ -42,7 +45,8 @@ def parse_args(argv: list[str]) -> SweepConfig:
     return SweepConfig(models=[m for m in a.models.split(",") if m], modes=modes, lengths=lengths, device=a.device,
                        dtype=a.dtype, preset=a.preset, decode_steps=a.decode_steps, repeats=a.repeats,
                        point_timeout_s=a.point_timeout, full_generation_budget_s=a.full_budget,
-                       image_batch=a.image_batch, output_dir=a.output_dir)
+                       image_batch=a.image_batch, output_dir=a.output_dir,
+                       model_args=parse_kv(a.model_args, "--model_args"))
 
 
 def registry_factory(cfg: SweepConfig):
@@ -50,7 +54,8 @@ def registry_factory(cfg: SweepConfig):
         cls = get_model_class(model)
         if not hasattr(cls, "prefill") or not hasattr(cls, "decode_step"):
             raise OmnibenchError(f"model '{model}' has no prefill/decode_step for the speed sweep")
-        return cls(device=cfg.device, dtype=cfg.dtype, preset=cfg.preset, mode=mode)
+        return cls(device=cfg.device, dtype=cfg.dtype, **{"preset": cfg.preset, "mode": mode,
+                                                            **scoped_args(model, cfg.model_args)})
     return build
 
 

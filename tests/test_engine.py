@@ -120,10 +120,10 @@ def test_tasks_list_prints_registry(capsys):
 
 
 def test_task_args_prefix_applies_to_one_task():
-    from omnibench.runner import task_args_for
+    from omnibench.config import scoped_args
     args = {"sample": "true", "mmmu.split": "test", "pope.split": "x"}
-    assert task_args_for("mmmu", args) == {"sample": "true", "split": "test"}
-    assert task_args_for("gqa", args) == {"sample": "true"}
+    assert scoped_args("mmmu", args) == {"sample": "true", "split": "test"}
+    assert scoped_args("gqa", args) == {"sample": "true"}
 
 
 def test_compare_flags_headline_regression_beyond_tolerance(tmp_path, capsys):
