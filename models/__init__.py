@@ -5,4 +5,6 @@ MODELS: dict[str, str] = {
     "omnimamba": "models.omnimamba:OmniMambaAdapter",
     "showo": "models.showo:ShowoAdapter",
     "janusflow": "models.janusflow:JanusFlowAdapter",
+    # Speed reference only: mamba-ssm's own Mamba-2 1.3B with its generate(cg=True) decode.
+    "mamba2_ref": "models.omnimamba.reference:MambaSsmReference",
 }

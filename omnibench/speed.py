@@ -47,6 +47,7 @@ class SweepConfig:
     image_batch: int = 16
     output_dir: str = "reports/speed"
     model_args: dict[str, str] = field(default_factory=dict)
+    report_only: bool = False
 
 
 class Timer:
@@ -220,7 +221,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             todo = [n for n in sorted(cfg.lengths) if
                     SpeedStore.key({**base, "kind": "context", "model": model, "mode": mode, "length": n}) not in done]
             img_key = SpeedStore.key({**base, "kind": "image_gen", "model": model, "mode": mode, "length": 0})
-            if not todo and img_key in done:
+            if cfg.report_only or (not todo and img_key in done):
                 continue
             try:
                 adapter = factory(model, mode)

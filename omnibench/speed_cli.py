@@ -32,6 +32,7 @@ def parse_args(argv: list[str]) -> SweepConfig:
                    help="measure the whole forced generation when its estimate is under this many seconds")
     p.add_argument("--image-batch", type=int, default=16)
     p.add_argument("--output-dir", default="reports/speed")
+    p.add_argument("--report-only", action="store_true", help="render reports from the finished points; measure nothing")
     a = p.parse_args(argv)
     lengths = sorted({int(x) for x in a.lengths.split(",") if x.strip()})
     if a.max_len is not None:
@@ -46,7 +47,7 @@ def parse_args(argv: list[str]) -> SweepConfig:
                        dtype=a.dtype, preset=a.preset, decode_steps=a.decode_steps, repeats=a.repeats,
                        point_timeout_s=a.point_timeout, full_generation_budget_s=a.full_budget,
                        image_batch=a.image_batch, output_dir=a.output_dir,
-                       model_args=parse_kv(a.model_args, "--model_args"))
+                       model_args=parse_kv(a.model_args, "--model_args"), report_only=a.report_only)
 
 
 def registry_factory(cfg: SweepConfig):
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in cfg.models:
             get_model_class(model)  # unknown names fail before anything runs
         points = run_sweep(cfg, registry_factory(cfg))
+        if not points:
+            raise OmnibenchError(f"no finished points for this sweep in {cfg.output_dir}")
     except OmnibenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

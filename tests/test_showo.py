@@ -109,15 +109,18 @@ def test_kv_cache_decoding_equals_full_recomputation(best, published):
     ids = best.mmu_ids([Request("a", "what is it?", [drawn_image(1, size=32)]),
                         Request("b", "and the color of that one?", [drawn_image(2, size=32)])])
     assert (ids[0, 0] == best.pad_id) and (ids[1, 0] != best.pad_id)  # left padding in play
-    s1, s2 = best.prefill(ids, max_new_tokens=4), published.prefill(ids)
+    # generate_text's dynamic KV cache and the sweep's static one (mode=best prefill/decode_step)
+    s1, s2, s4 = best._prefill_cached(ids, max_new_tokens=4), published.prefill(ids), best.prefill(ids, 2)
     torch.testing.assert_close(s1.logits, s2.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s4.logits, s2.logits, rtol=1e-4, atol=1e-4)
     for tok in ([7, 8], [100, 3], [best.eos_id, 40]):
         token = torch.tensor(tok)
-        torch.testing.assert_close(best.decode_step(s1, token), published.decode_step(s2, token),
-                                   rtol=1e-4, atol=1e-4)
-    assert s1.cache.length == ids.shape[1] + 3 and s2.cache is None
+        want = published.decode_step(s2, token)
+        torch.testing.assert_close(best.decode_step(s1, token), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(best.decode_step(s4, token), want, rtol=1e-4, atol=1e-4)
+    assert s1.cache.length == ids.shape[1] + 3 and s2.cache is None and s4.length == ids.shape[1] + 3
     # A cache sized for fewer tokens grows instead of failing (the speed sweep decodes long).
-    s3 = best.prefill(ids)
+    s3 = best._prefill_cached(ids)
     for tok in ([7, 8], [100, 3], [best.eos_id, 40]):
         last = best.decode_step(s3, torch.tensor(tok))
     torch.testing.assert_close(last, s1.logits, rtol=1e-4, atol=1e-4)

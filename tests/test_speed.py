@@ -151,3 +151,13 @@ def test_cli_rejects_unknown_model_and_mode(capsys):
     assert "unknown model 'nosuch'" in capsys.readouterr().err
     assert main(["--modes", "fastest", "--device", "cpu"]) == 2
     assert "unknown mode 'fastest'" in capsys.readouterr().err
+
+
+def test_report_only_measures_nothing(tmp_path):
+    run_sweep(cfg_for(tmp_path, models=["a"], lengths=[8]), lambda m, mode: TinyRecurrent(), log=lambda s: None)
+
+    def never(model, mode):
+        raise AssertionError("report-only built a model")
+    points = run_sweep(cfg_for(tmp_path, models=["a", "b"], lengths=[8, 16], report_only=True), never,
+                       log=lambda s: None)
+    assert {(p["model"], p["length"]) for p in points if p["kind"] == "context"} == {("a", 8)}
