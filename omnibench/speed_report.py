@@ -127,6 +127,15 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
                                                          "points": points}, indent=2, sort_keys=True) + "\n")
     modes = sorted({p["mode"] for p in points})
     ctx = context_table(points)
+    pivots = []
+    if len(ctx):
+        for column, title in (("decode_ms_per_token", "Decode latency (ms/token)"),
+                              ("total_s", "Total time of a forced generation to the length (s)"),
+                              ("peak_torch_gib", "Peak memory, torch allocator (GiB)")):
+            table = ctx.assign(model_mode=ctx["model"] + " (" + ctx["mode"] + ")").pivot_table(
+                index="model_mode", columns="length", values=column, aggfunc="first")
+            if table.size:
+                pivots += [f"### {title}\n", table.to_markdown(floatfmt=".3g"), ""]
     parts = ["# Speed and memory of long generation and image generation\n",
              f"Command: `{manifest.get('command')}`  \nHardware: {manifest.get('hardware')}  \n"
              f"Packages: {manifest.get('packages')}  \nSweep: {manifest.get('config')}\n",
@@ -138,7 +147,8 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
              "where it fit the budget, else `integrated` from the per-point decode latencies (linear between "
              "points) plus the prefill of the first point. Peak memory: torch `max_memory_allocated` and the "
              "process's NVML total (which adds the CUDA context and allocator cache).\n",
-             "## Long generation\n", ctx.to_markdown(index=False, floatfmt=".4g") if len(ctx) else "(no points)", ""]
+             "## Long generation\n", *pivots, "### Every point\n",
+             ctx.to_markdown(index=False, floatfmt=".4g") if len(ctx) else "(no points)", ""]
     for mode in modes:
         parts += [f"## Ratios against the paper's claims ({mode} mode)\n",
                   pd.DataFrame(ratio_rows(points, mode)).to_markdown(index=False), ""]
