@@ -13,6 +13,7 @@ token ids of the exact length (the adapter's `speed_context(length)` when it has
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import os
 import statistics
@@ -152,8 +153,12 @@ def measure_full_generation(adapter: ModelAdapter, length: int, cfg: SweepConfig
     timer = Timer(cfg.device)
     token = torch.full((1,), 7, dtype=torch.long)
 
+    # Adapters with a static KV cache size it once for the whole generation when told its length.
+    sized = "max_new_tokens" in inspect.signature(adapter.prefill).parameters
+    extra = {"max_new_tokens": length - prompt_len} if sized else {}
+
     def run() -> None:
-        state = adapter.prefill(context_ids(adapter, prompt_len))
+        state = adapter.prefill(context_ids(adapter, prompt_len), **extra)
         for _ in range(length - prompt_len):
             adapter.decode_step(state, token)
     return timer(run)[1]

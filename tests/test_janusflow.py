@@ -9,7 +9,8 @@ from PIL import Image
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
 from models.janusflow import JanusFlowAdapter
-from models.janusflow.checkpoint import (ImageProcessing, from_pretrained, load_vae, tiny_checkpoint)
+from models.janusflow.checkpoint import (ImageProcessing, from_pretrained, full_config, load_vae, random_sdxl_vae,
+                                        tiny_checkpoint)
 from models.janusflow.modeling_janusflow import attn_implementation, official_state_dict, rectified_flow_sample
 from models.janusflow.uvit import timestep_embedding
 from models.janusflow.adapter import preprocess, sft_prompt
@@ -194,3 +195,55 @@ def test_checkpoint_keys_round_trip_with_upstream_names(tmp_path):
 def test_sdpa_unless_flash_attention_can_run():
     assert attn_implementation("cpu", torch.bfloat16) == "sdpa"
     assert attn_implementation("cuda", torch.float32) == "sdpa"
+
+
+# -- preset=full (speed and memory only) --
+def test_full_preset_is_the_published_architecture_built_on_the_device():
+    a = JanusFlowAdapter(device="meta", dtype="bfloat16", preset="full")  # meta: sizes without 8 GB of weights
+    c = a.model.language_model.config
+    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+            c.intermediate_size, c.rms_norm_eps, c.rope_parameters["rope_theta"]) == \
+        (102400, 2048, 24, 16, 16, 5632, 1e-6, 10000.0)
+    assert c.max_position_embeddings > 100_000
+    tower = a.model.vision_und_enc_model.vision_tower.config
+    assert (tower.hidden_size, tower.num_hidden_layers, tower.image_size, tower.patch_size) == (1024, 24, 384, 16)
+    assert a.num_image_tokens == 576 and a.model.config.gen.latent_size == 48 and a.model.config.gen.channels == 768
+    total = sum(p.numel() for p in a.model.parameters())
+    assert 1.3e9 < total < 2.1e9
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in a.model.parameters())
+    assert len(a.tokenizer) < c.vocab_size and a.vae_source is None
+    ids = a.speed_context(4096)
+    assert ids.shape == (1, 4096) and (ids != a.pad_id).all()
+
+
+def test_full_preset_vae_has_the_sdxl_shape():
+    pytest.importorskip("diffusers")
+    vae = random_sdxl_vae("meta", torch.bfloat16)
+    assert tuple(vae.config.block_out_channels) == (128, 256, 512, 512) and vae.config.latent_channels == 4
+    assert vae.config.scaling_factor == 0.13025 and vae.config.layers_per_block == 2
+    assert 83e6 < sum(p.numel() for p in vae.parameters()) < 84e6  # stabilityai/sdxl-vae: 83.65M
+
+
+def test_max_position_embeddings_is_only_a_label_for_the_default_rope():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    pos = torch.tensor([[0, 16383, 16384, 99999, 131071]])
+    x = torch.zeros(1, dtype=torch.float32)
+    full = LlamaRotaryEmbedding(LlamaConfig(**full_config().llm))(x, pos)
+    published = LlamaRotaryEmbedding(LlamaConfig(**dict(full_config().llm, max_position_embeddings=16384)))(x, pos)
+    assert all(torch.equal(a, b) for a, b in zip(full, published))
+    inv = 1.0 / 10000.0 ** (torch.arange(0, 128, 2, dtype=torch.float32) / 128)
+    torch.testing.assert_close(full[0][0, 3, :64], torch.cos(99999.0 * inv))
+
+
+def test_sweep_decoding_is_static_in_best_mode_and_dynamic_as_published_with_the_same_logits(best, published):
+    from models.static_decode import StaticDecoder
+
+    ids = best.speed_context(40)
+    s1, s2 = best.prefill(ids), published.prefill(ids)
+    assert isinstance(s1, StaticDecoder) and not isinstance(s2, StaticDecoder)
+    torch.testing.assert_close(s1.logits, s2.logits, rtol=1e-4, atol=1e-4)
+    for _ in range(3):
+        token = s1.logits.argmax(-1).cpu()  # the sweep passes CPU tokens
+        torch.testing.assert_close(best.decode_step(s1, token), published.decode_step(s2, token), rtol=1e-4, atol=1e-4)

@@ -8,9 +8,11 @@ import torch
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
 from models.showo import ShowoAdapter
-from models.showo.checkpoint import from_pretrained, read_state_dict, save_weights, tiny_checkpoint
-from models.showo.magvit import LFQuantizer, image_transform
-from models.showo.modeling_showo import mmu_attention_mask, t2i_attention_mask, t2i_sample
+from models.showo.checkpoint import (from_pretrained, random_init_, read_state_dict, save_weights, tiny_checkpoint,
+                                     tiny_configs)
+from models.showo.magvit import LFQuantizer, MagvitConfig, image_transform
+from models.static_decode import StaticDecoder
+from models.showo.modeling_showo import Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
 PAD, SOI, EOI, T2I, MMU, BOS, EOS, M = 0, 1, 2, 3, 4, 5, 6, 9
 
@@ -129,7 +131,8 @@ def test_kv_cache_decoding_equals_full_recomputation(best, published):
 def test_text_only_context_takes_the_maskless_causal_path_with_the_same_logits(best, published):
     ids = torch.randint(10, 200, (2, 12), generator=torch.Generator().manual_seed(0))  # the speed sweep's kind
     s1, s2 = best.prefill(ids), published.prefill(ids)
-    assert not s1.padded
+    assert best._mask(ids) is None and not best._prefill_cached(ids).padded
+    assert isinstance(s1, StaticDecoder) and s2.cache is None  # best: static cache; as published: recompute
     torch.testing.assert_close(s1.logits, s2.logits, rtol=1e-4, atol=1e-4)
     for _ in range(3):
         token = s1.logits.argmax(-1)
@@ -194,3 +197,25 @@ def test_checkpoint_keys_round_trip_and_mismatches_are_named(tmp_path):
 def test_unknown_mode_is_refused():
     with pytest.raises(OmnibenchError, match="unknown mode"):
         ShowoAdapter(preset="tiny", mode="fast")
+
+
+def test_full_preset_is_the_published_architecture_built_on_the_device():
+    a = ShowoAdapter(device="meta", dtype="bfloat16", preset="full")  # meta: sizes without 6 GB of weights
+    c = a.cfg
+    assert (c.vocab_size, c.llm_vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+            c.intermediate_size, c.partial_rotary_factor, c.codebook_size, c.num_vq_tokens) == \
+        (58498, 50295, 2048, 24, 32, 8192, 0.5, 8192, 256)
+    assert 1.3e9 < sum(p.numel() for p in a.model.parameters()) < 1.5e9  # Phi-1.5 + Show-o's vocabulary
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in a.model.parameters())
+    assert a.vq.config == MagvitConfig() and a.resolution == 256
+    assert len(a.tokenizer) <= c.image_offset  # text ids never collide with image codes
+    ids = a.speed_context(4096)
+    assert ids.shape == (1, 4096) and a._mask(ids) is None  # plain text: the flash/causal path
+
+
+def test_random_init_draws_every_matrix_small_and_keeps_norms():
+    cfg = tiny_configs()[0]
+    model = random_init_(Showo(cfg))
+    w = model.showo.model.layers[0].self_attn.q_proj.weight
+    assert abs(w.std().item() - 0.02) < 0.002 and abs(model.showo.model.embed_tokens.weight.std().item() - 0.02) < 0.002
+    assert torch.equal(model.showo.model.final_layernorm.weight, torch.ones(cfg.hidden_size))

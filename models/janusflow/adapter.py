@@ -2,10 +2,14 @@
 
 model_args:
 - `pretrained=<folder | hub id>` (default deepseek-ai/JanusFlow-1.3B), `vae=` (default
-  stabilityai/sdxl-vae; needs the `diffusers` package); or `preset=tiny` (random weights, for tests).
-- `mode=best` (default): the text-to-image prompt is run once and cached for all ODE steps.
-  `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt at every step. Text
-  decoding uses the KV cache in both modes, as upstream's `generate(use_cache=True)`.
+  stabilityai/sdxl-vae; needs the `diffusers` package); or `preset=tiny` (random weights, for tests); or
+  `preset=full` (the full-size architecture and an SDXL-shaped VAE with random weights and a byte-level
+  tokenizer, built on the device: for speed and memory measurement only, its outputs are noise).
+- `mode=best` (default): the text-to-image prompt is run once and cached for all ODE steps;
+  `prefill`/`decode_step` (the speed sweep's) decode over a static KV cache, in a CUDA graph on GPU
+  (models/static_decode.py). `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt
+  at every step, and transformers' dynamic KV cache, eager. Text decoding for understanding uses the
+  dynamic KV cache in both modes, as upstream's `generate(use_cache=True)`.
 - `system_prompt=` for understanding (default: VLChatProcessor's; `system_prompt=` empty for none).
 - text-to-image: `cfg_weight` (default 2.0) and `num_inference_steps` (default 30), the README's call.
 
@@ -24,9 +28,12 @@ from PIL import Image
 
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
+from models.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
+
 from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
-                         ImageProcessing, from_pretrained, load_vae, tiny_checkpoint)
-from .modeling_janusflow import JanusFlow, attn_implementation, rectified_flow_sample
+                         ImageProcessing, from_pretrained, load_vae, random_full, random_sdxl_vae,
+                         tiny_checkpoint)
+from .modeling_janusflow import JanusFlow, attn_implementation, llama_last_logits, rectified_flow_sample
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -74,9 +81,12 @@ class JanusFlowAdapter(ModelAdapter):
     """JanusFlow for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
 
     For the speed sweep:
-    - `prefill(input_ids)`: reads a (B, L) batch of token ids (left-padded with the pad id) through
-      the language model, filling its KV cache; returns a `DecodeState` whose `logits` are (B, V).
+    - `prefill(input_ids, max_new_tokens=0)`: reads a (B, L) batch of token ids (left-padded with the pad
+      id) through the language model, filling its KV cache; returns a `DecodeState` (as_published:
+      transformers' dynamic cache) or a `StaticDecoder` (best: static cache sized for `max_new_tokens`,
+      default 512, grown past it; CUDA graph on GPU), whose `logits` are (B, V).
     - `decode_step(state, token)`: feeds one token per row (B,) and returns the next logits (B, V).
+    - `speed_context(length)`: (1, length) ordinary text token ids (no pad, image or special token).
     """
 
     name = "janusflow"
@@ -90,22 +100,27 @@ class JanusFlowAdapter(ModelAdapter):
         else:
             raise OmnibenchError(f"unknown dtype '{dtype}' for model janusflow (known: auto, {', '.join(_DTYPES)})")
         preset = model_args.get("preset")
-        if preset not in (None, "tiny"):
-            raise OmnibenchError(f"unknown preset '{preset}' for model janusflow (known: tiny)")
+        if preset not in (None, "tiny", "full"):
+            raise OmnibenchError(f"unknown preset '{preset}' for model janusflow (known: tiny, full)")
         self.mode = model_args.get("mode", "best")
         if self.mode not in MODES:
             raise OmnibenchError(f"unknown mode '{self.mode}' for model janusflow (known: {', '.join(MODES)})")
         self.cfg_weight = float(model_args.get("cfg_weight", 2.0))
         self.steps = int(model_args.get("num_inference_steps", 30))
         self.system_prompt = model_args.get("system_prompt", SYSTEM_PROMPT)
-        if preset == "tiny":
-            root = tiny_checkpoint()
-            source, self.vae_source = str(root), str(root / "vae")
-        else:
-            source = model_args.get("pretrained", DEFAULT_PRETRAINED)
-            self.vae_source = model_args.get("vae", DEFAULT_VAE)
         attn = attn_implementation(device, torch_dtype)
-        model, self.tokenizer, self.processing, processor = from_pretrained(source, attn)
+        if preset == "full":
+            model, tok = random_full(device, torch_dtype, attn)
+            self.tokenizer, self.processing, processor = tok, ImageProcessing(), {}
+            self.vae_source = None  # a random SDXL-shaped VAE
+        else:
+            if preset == "tiny":
+                root = tiny_checkpoint()
+                source, self.vae_source = str(root), str(root / "vae")
+            else:
+                source = model_args.get("pretrained", DEFAULT_PRETRAINED)
+                self.vae_source = model_args.get("vae", DEFAULT_VAE)
+            model, self.tokenizer, self.processing, processor = from_pretrained(source, attn)
         self.model: JanusFlow = model.to(device=device, dtype=torch_dtype)
         self.torch_dtype = torch_dtype
         self.vae = None
@@ -175,14 +190,30 @@ class JanusFlowAdapter(ModelAdapter):
                     k += 1
         return embeds, mask
 
+    def speed_context(self, length: int) -> torch.Tensor:
+        return speed_context_ids(length, self.tokenizer)
+
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                embeds: torch.Tensor | None = None) -> DecodeState:
+                embeds: torch.Tensor | None = None, max_new_tokens: int = 0) -> DecodeState | StaticDecoder:
         input_ids = input_ids.to(self._device)
         if attention_mask is None:
             attention_mask = (input_ids != self.pad_id).long()
+        attention_mask = attention_mask.to(self._device)
+        if self.mode == "best" and embeds is None:
+            return self._prefill_static(input_ids, attention_mask.bool(), max_new_tokens or DECODE_BUDGET)
         embeds = self._embed(input_ids) if embeds is None else embeds
-        return self._prefill(embeds, attention_mask.to(self._device))
+        return self._prefill(embeds, attention_mask)
+
+    def _prefill_static(self, ids: torch.Tensor, valid: torch.Tensor, budget: int) -> StaticDecoder:
+        lm = self.model.language_model
+        attn = lm.model.layers[0].self_attn
+        decoder = StaticDecoder(lambda i, p, attend: llama_last_logits(lm, i, p, attend), len(lm.model.layers),
+                                attn.k_proj.out_features // attn.head_dim, attn.head_dim, self._device,
+                                lm.lm_head.weight.dtype, budget)
+        mask = None if bool(valid.all()) else padded_causal_mask(valid)
+        decoder.prefill(ids, self._positions(valid.long()), valid=valid, mask=mask)
+        return decoder
 
     def _prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> DecodeState:
         positions = self._positions(attention_mask)
@@ -191,7 +222,9 @@ class JanusFlowAdapter(ModelAdapter):
         return DecodeState(cache, attention_mask, positions[:, -1] + 1, logits)
 
     @torch.inference_mode()
-    def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, state: DecodeState | StaticDecoder, token: torch.Tensor) -> torch.Tensor:
+        if isinstance(state, StaticDecoder):
+            return state.step(token.to(self._device))
         token = token.to(self._device).view(-1, 1)
         state.attention_mask = torch.cat([state.attention_mask, torch.ones_like(token)], dim=1)
         hidden, state.cache = self._lm(self._embed(token), state.attention_mask, state.next_position[:, None],
@@ -269,7 +302,8 @@ class JanusFlowAdapter(ModelAdapter):
     def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
         z = self.generate_latents(requests)
         if self.vae is None:
-            self.vae = load_vae(self.vae_source, self._device, self.torch_dtype)
+            self.vae = (random_sdxl_vae(self._device, self.torch_dtype) if self.vae_source is None
+                        else load_vae(self.vae_source, self._device, self.torch_dtype))
         x = self.vae.decode(z / self.vae.config.scaling_factor).sample
         # torchvision save_image of clip(-1, 1) * 0.5 + 0.5: times 255, + 0.5, truncated to uint8.
         x = (x.float().clamp(-1, 1) * 0.5 + 0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)

@@ -4,6 +4,9 @@
 (`*.safetensors`), the tokenizer, `preprocessor_config.json` (VLMImageProcessor: image_size, mean/std)
 and optionally `processor_config.json` (VLChatProcessor). Images are decoded by the SDXL VAE
 (`stabilityai/sdxl-vae`, diffusers' AutoencoderKL), loaded on first use.
+
+`preset=full` (`random_full`, `random_sdxl_vae`) is the full-size architecture with random weights, for
+speed and memory measurement only.
 """
 from __future__ import annotations
 
@@ -18,16 +21,21 @@ import torch
 
 from omnibench.protocol import OmnibenchError
 
-from models.showo.checkpoint import (byte_bpe_tokenizer, check_keys, first_line, load_fast_tokenizer, read_state_dict,
-                                     resolve_folder)
+from models.showo.checkpoint import (byte_bpe_tokenizer, check_keys, first_line, load_fast_tokenizer, random_init_,
+                                     read_state_dict, resolve_folder)
 
-from .modeling_janusflow import (JanusFlow, JanusFlowConfig, SiglipConfig, config_json, official_state_dict,
-                                 to_model_state_dict)
+from .modeling_janusflow import (LLM_DEFAULTS, JanusFlow, JanusFlowConfig, SiglipConfig, config_json,
+                                 official_state_dict, to_model_state_dict)
 from .uvit import GenConfig
 
 DEFAULT_PRETRAINED = "deepseek-ai/JanusFlow-1.3B"
 DEFAULT_VAE = "stabilityai/sdxl-vae"
 TINY_SEED = 0
+FULL_SEED = 0
+# stabilityai/sdxl-vae's config.json (the sizes; diffusers' defaults for the rest)
+SDXL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=1024, scaling_factor=0.13025)
 # VLChatProcessor's tags; it adds any the tokenizer lacks as additional special tokens.
 IMAGE_TAG, BOI_TAG, EOI_TAG = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
 GEN_TAG, PAD_TOKEN = "<｜begin▁of▁generation｜>", "<｜▁pad▁｜>"
@@ -91,18 +99,52 @@ def infer_gen_sizes(gen: GenConfig, upstream: dict, sd: dict[str, torch.Tensor])
         gen.upsamples = len(convs)
 
 
-def load_vae(source: str, device, dtype):
+def _autoencoder_kl():
     try:
         from diffusers import AutoencoderKL
     except ImportError as exc:
         raise OmnibenchError("JanusFlow decodes images with the SDXL VAE, which needs the 'diffusers' package "
                              "(pip install diffusers)") from exc
+    return AutoencoderKL
+
+
+def load_vae(source: str, device, dtype):
+    AutoencoderKL = _autoencoder_kl()
     folder = resolve_folder(source, "SDXL VAE")
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
     except Exception as exc:
         raise OmnibenchError(f"cannot load the VAE from {folder}: {first_line(exc)}") from exc
     return vae.to(device).eval()
+
+
+def full_config() -> JanusFlowConfig:
+    """The published sizes: DeepSeek-LLM 1.3B, SigLIP-L/16 at 384 px, the generation encoder/decoder
+    defaults. `max_position_embeddings` is raised past the speed sweep's 100k tokens: with the default
+    RoPE, transformers computes cos/sin from the position ids and reads this number only as a label
+    (dynamic RoPE variants would rescale past it), so the weights and the function are unchanged."""
+    return JanusFlowConfig(llm=dict(LLM_DEFAULTS, max_position_embeddings=131072))
+
+
+def random_full(device, dtype: torch.dtype, attn: str = "sdpa", seed: int = FULL_SEED):
+    """(JanusFlow, tokenizer) at full size (`full_config`) with random weights (seeded), built directly on
+    `device` and cast to `dtype`, and the tiny preset's byte-level tokenizer with the special tokens (its
+    ids are valid DeepSeek ids). For speed and memory measurement only: the outputs are noise."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = JanusFlow(full_config(), attn)
+    tok = tiny_tokenizer()
+    tok.padding_side = "left"
+    return random_init_(model).to(dtype).eval(), tok
+
+
+def random_sdxl_vae(device, dtype: torch.dtype, seed: int = FULL_SEED):
+    """diffusers' AutoencoderKL in stabilityai/sdxl-vae's configuration with random weights, for preset=full."""
+    AutoencoderKL = _autoencoder_kl()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        vae = AutoencoderKL(**SDXL_VAE)
+    return random_init_(vae).to(dtype).eval()
 
 
 def save_pretrained(model: JanusFlow, tokenizer, processing: ImageProcessing, folder: Path) -> None:

@@ -17,9 +17,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
 from models.omnimamba.vision import hf_to_timm, timm_to_hf
+from models.static_decode import Attend
 
 from .uvit import GenConfig, ShallowUViTDecoder, ShallowUViTEncoder
 
@@ -180,6 +181,27 @@ def rectified_flow_sample(velocity_fn: Callable[[torch.Tensor, torch.Tensor], to
         v_cond, v_uncond = velocity_fn(torch.cat([z, z], dim=0), t).chunk(2)
         z = z + dt * (cfg_weight * v_cond - (cfg_weight - 1.0) * v_uncond)
     return z
+
+
+def llama_last_logits(lm: LlamaForCausalLM, ids: torch.Tensor, positions: torch.Tensor,
+                      attend: Attend) -> torch.Tensor:
+    """fp32 logits (B, V) of the last of `ids` (B, n) at `positions` (B, n): LlamaForCausalLM's forward
+    through its own modules (embedding, rotary, RMSNorms, projections, MLP, head), with the attention
+    proper left to `attend(layer, q, k, v)` -- the body the static-cache decoder runs (models/static_decode.py).
+    The softmax scale is SDPA's default, head_dim ** -0.5, as LlamaAttention's."""
+    body = lm.model
+    x = body.embed_tokens(ids)
+    cos, sin = body.rotary_emb(x, positions)
+    b, n = ids.shape
+    for i, layer in enumerate(body.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q, k, v = (proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        x = x + attn.o_proj(attend(i, q, k, v).transpose(1, 2).reshape(b, n, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return lm.lm_head(body.norm(x[:, -1])).float()
 
 
 # --- upstream names --------------------------------------------------------------------------------

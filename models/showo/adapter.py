@@ -3,11 +3,14 @@
 model_args:
 - `pretrained=<folder | hub id>` (default showlab/show-o; showlab/show-o-512x512 for 512 px),
   `vq_model=` (default showlab/magvitv2), `llm=` (default the checkpoint's llm_model_path,
-  microsoft/phi-1_5: Phi sizes and tokenizer); or `preset=tiny` (random weights, 16 px, for tests).
+  microsoft/phi-1_5: Phi sizes and tokenizer); or `preset=tiny` (random weights, 16 px, for tests); or
+  `preset=full` (the full-size architecture with random weights and a byte-level tokenizer, built on the
+  device: for speed and memory measurement only, its outputs are noise).
 - `mode=best` (default): KV cache for text decoding, the text prefix of text-to-image computed once,
-  logits only where they are read. `mode=as_published`: upstream's cost model, every new token and
-  every denoising step recomputes the whole sequence and the full-vocabulary fp32 logits. Both give
-  the same outputs up to floating-point rounding.
+  logits only where they are read; `prefill`/`decode_step` (the speed sweep's) decode over a static KV
+  cache, in a CUDA graph on GPU (models/static_decode.py). `mode=as_published`: upstream's cost model,
+  every new token and every denoising step recomputes the whole sequence and the full-vocabulary fp32
+  logits. Both give the same outputs up to floating-point rounding.
 - text-to-image: `guidance_scale` (default 5), `generation_timesteps` (default 50), `temperature`
   (default 1.0): the README's t2i command; cosine mask schedule.
 
@@ -23,7 +26,9 @@ from PIL import Image
 
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
-from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, tiny_checkpoint
+from models.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
+
+from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, random_full, tiny_checkpoint
 from .magvit import image_transform, to_pil
 from .modeling_showo import KVCache, Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
@@ -55,12 +60,14 @@ class ShowoAdapter(ModelAdapter):
     """Show-o for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
 
     For the speed sweep:
-    - `prefill(input_ids)`: reads a (B, L) batch of token ids (text, or an MMU prompt with image
-      tokens: rows then see everything up to <|eoi|>) and returns a `DecodeState` whose `logits` are
-      the last position's (B, V). `max_new_tokens` sizes the KV cache in advance (it grows if needed).
+    - `prefill(input_ids, max_new_tokens=0)`: reads a (B, L) batch of token ids (text, or an MMU prompt
+      with image tokens: rows then see everything up to <|eoi|>) and returns a state whose `logits` are
+      the last position's (B, V): mode=best a `StaticDecoder` (static KV cache sized for
+      `max_new_tokens`, default 512, grown past it; CUDA graph on GPU), as_published a `DecodeState`.
     - `decode_step(state, token)`: appends one token per row (B,) and returns the next logits (B, V).
       mode=best reads one position against the KV cache; mode=as_published recomputes the whole
       sequence with its dense mask, as upstream's `mmu_generate` does.
+    - `speed_context(length)`: (1, length) ordinary text token ids (no pad, image or task token).
     """
 
     name = "showo"
@@ -70,21 +77,24 @@ class ShowoAdapter(ModelAdapter):
         if dtype not in _DTYPES:
             raise OmnibenchError(f"unknown dtype '{dtype}' for model showo (known: {', '.join(_DTYPES)})")
         preset = model_args.get("preset")
-        if preset not in (None, "tiny"):
-            raise OmnibenchError(f"unknown preset '{preset}' for model showo (known: tiny)")
+        if preset not in (None, "tiny", "full"):
+            raise OmnibenchError(f"unknown preset '{preset}' for model showo (known: tiny, full)")
         self.mode = model_args.get("mode", "best")
         if self.mode not in MODES:
             raise OmnibenchError(f"unknown mode '{self.mode}' for model showo (known: {', '.join(MODES)})")
         self.guidance_scale = float(model_args.get("guidance_scale", 5.0))
         self.timesteps = int(model_args.get("generation_timesteps", 50))
         self.temperature = float(model_args.get("temperature", 1.0))
-        if preset == "tiny":
-            root = tiny_checkpoint()
-            sources = (str(root / "show-o"), str(root / "magvitv2"), None)
+        if preset == "full":
+            model, vq, self.tokenizer = random_full(device, _DTYPES[dtype])
         else:
-            sources = (model_args.get("pretrained", DEFAULT_SHOWO), model_args.get("vq_model", DEFAULT_MAGVIT),
-                       model_args.get("llm"))
-        model, vq, self.tokenizer = from_pretrained(*sources)
+            if preset == "tiny":
+                root = tiny_checkpoint()
+                sources = (str(root / "show-o"), str(root / "magvitv2"), None)
+            else:
+                sources = (model_args.get("pretrained", DEFAULT_SHOWO),
+                           model_args.get("vq_model", DEFAULT_MAGVIT), model_args.get("llm"))
+            model, vq, self.tokenizer = from_pretrained(*sources)
         self.model: Showo = model.to(device=device, dtype=_DTYPES[dtype])
         self.vq = vq.to(device=device, dtype=_DTYPES[dtype])
         cfg = self.model.config
@@ -132,8 +142,32 @@ class ShowoAdapter(ModelAdapter):
             return None
         return mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
 
+    def speed_context(self, length: int) -> torch.Tensor:
+        return speed_context_ids(length, self.tokenizer)
+
+    def _static_logits(self, ids: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        return self.model.logits(self.model.run(ids, positions, attend)[:, -1])
+
     @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState:
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState | StaticDecoder:
+        if self.mode == "as_published":
+            return self._prefill_cached(input_ids, max_new_tokens)
+        ids = input_ids.to(self._device)
+        cfg = self.cfg
+        decoder = StaticDecoder(self._static_logits, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim,
+                                self._device, self.model.showo.lm_head.weight.dtype,
+                                budget=max_new_tokens or DECODE_BUDGET)
+        decoder.prefill(ids, self._positions(ids), valid=ids != self.pad_id, mask=self._mask(ids))
+        return decoder
+
+    @torch.inference_mode()
+    def decode_step(self, state: DecodeState | StaticDecoder, token: torch.Tensor) -> torch.Tensor:
+        if isinstance(state, StaticDecoder):
+            return state.step(token.to(self._device))
+        return self._decode_cached(state, token)
+
+    def _prefill_cached(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState:
+        """mode=best: the KV cache that generate_text decodes with; mode=as_published: no cache."""
         ids = input_ids.to(self._device)
         # as published: the dense mask, always (upstream builds it whatever the prompt)
         mask = self._mask(ids) if self.mode == "best" else mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
@@ -149,8 +183,7 @@ class ShowoAdapter(ModelAdapter):
             logits = self.model.logits(hidden[:, -1])
         return DecodeState(ids, cache, logits, pos[:, -1] + 1, bool((ids == self.pad_id).any()))
 
-    @torch.inference_mode()
-    def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
+    def _decode_cached(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         token = token.to(self._device).view(-1, 1)
         state.ids = torch.cat([state.ids, token], dim=1)
         if state.cache is None:
@@ -170,7 +203,7 @@ class ShowoAdapter(ModelAdapter):
     @torch.inference_mode()
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
         max_new = max(int(r.gen_kwargs.get("max_new_tokens", 100)) for r in requests)
-        state = self.prefill(self.mmu_ids(requests), max_new)
+        state = self._prefill_cached(self.mmu_ids(requests), max_new)
         done = torch.zeros(len(requests), dtype=torch.bool, device=self._device)
         out = []
         for step in range(max_new):
@@ -180,7 +213,7 @@ class ShowoAdapter(ModelAdapter):
             done |= token == self.eos_id
             if bool(done.all()) or step == max_new - 1:
                 break
-            self.decode_step(state, token)
+            self._decode_cached(state, token)
         texts = []
         for i, row in enumerate(torch.stack(out, 1).tolist()):
             limit = int(requests[i].gen_kwargs.get("max_new_tokens", 100))

@@ -8,9 +8,11 @@ Upstream loading reads three hub repositories; each may instead be a local folde
   upstream adds [PAD] and nine task tokens (so do we, so that the ids come out as upstream's);
 - `showlab/magvitv2`: the MAGVIT-v2 weights (`encoder.*`, `decoder.*`, `quantize.*`).
 
+`preset=full` (`random_full`) is the full-size architecture with random weights, for speed and memory
+measurement only.
+
 The generic helpers here (`resolve_folder`, `read_state_dict`, `check_keys`, `strict_load`,
-`byte_bpe_tokenizer`)
-are shared with models/janusflow.
+`byte_bpe_tokenizer`, `random_init_`) are shared with models/janusflow.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from .modeling_showo import SPECIAL_TOKENS, Showo, ShowoConfig
 DEFAULT_SHOWO = "showlab/show-o"
 DEFAULT_MAGVIT = "showlab/magvitv2"
 TINY_SEED = 0
+FULL_SEED = 0
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -100,6 +103,17 @@ def save_weights(module: nn.Module, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / WEIGHTS_NAME))
+
+
+def random_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Every weight matrix, embedding and convolution kernel (parameters of two or more dims) drawn from
+    N(0, std); norms and biases keep their construction values. Small, finite weights: activations stay far
+    from bfloat16's range in a network that was never trained."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return module
 
 
 def byte_bpe_tokenizer(specials: list[str], bos: str, eos: str, pad: str | None = None, add_bos: bool = False):
@@ -208,6 +222,19 @@ def tiny_configs() -> tuple[ShowoConfig, MagvitConfig]:
                       codebook_size=mcfg.codebook_size, num_vq_tokens=16, hidden_size=64, num_hidden_layers=2,
                       num_attention_heads=4, intermediate_size=128)
     return cfg, mcfg
+
+
+def random_full(device, dtype: torch.dtype, seed: int = FULL_SEED):
+    """(Show-o, MAGVIT-v2, tokenizer) at full size -- ShowoConfig() (Phi-1.5 sizes, vocabulary 58498) and
+    MagvitConfig() -- with random weights (seeded), built directly on `device` and cast to `dtype`, and the
+    byte-level tokenizer with the task tokens (its ids are valid Show-o ids). For speed and memory
+    measurement only: no checkpoint is read and the outputs are noise."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model, vq = Showo(ShowoConfig()), MAGVITv2(MagvitConfig())
+    random_init_(model)
+    random_init_(vq)
+    return model.to(dtype).eval(), vq.to(dtype).eval(), add_task_tokens(tiny_base_tokenizer())
 
 
 def tiny_checkpoint() -> Path:

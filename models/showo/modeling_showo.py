@@ -6,6 +6,8 @@ Upstream builds a dense additive (N, 1, L, L) mask and recomputes the whole sequ
 token and every denoising step. Here the mask is boolean (True = may attend) and goes to PyTorch SDPA;
 with `KVCache` the text prefix is computed once, which is exact because rows of the prefix never see
 what comes after it (causal text; image rows only ever sit after the text they attend to).
+`Showo.run` is the one body: attention proper is passed in (`attend`), so the static-KV-cache decoder of
+models/static_decode.py runs these same modules.
 
 Module names follow the checkpoint: `showo.model.layers.0.self_attn.q_proj.weight`, `showo.lm_head.bias`.
 """
@@ -18,6 +20,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from models.static_decode import Attend
 
 # Added after the Phi tokenizer's own tokens, in this order ([PAD] first, as a pad token).
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
@@ -106,7 +110,8 @@ class PhiAttention(nn.Module):
         self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
         self.rot = int(cfg.partial_rotary_factor * self.head_dim)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, commit: bool):
+    def forward(self, x, cos, sin, attend: Attend):
+        """`attend(layer, q, k, v)` does the attention proper (with a cache, a mask, or neither)."""
         b, n, _ = x.shape
         q, k, v = (p(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
@@ -115,14 +120,7 @@ class PhiAttention(nn.Module):
         r = self.rot
         q = torch.cat([q[..., :r] * cos + _rotate_half(q[..., :r]) * sin, q[..., r:]], dim=-1)
         k = torch.cat([k[..., :r] * cos + _rotate_half(k[..., :r]) * sin, k[..., r:]], dim=-1)
-        # mask None: plain causal attention (no pads, no image prefix), which lets SDPA pick its flash
-        # kernel; a single new row then sees every cached position.
-        causal = mask is None and n > 1
-        if cache is not None:
-            if causal and cache.length:
-                raise ValueError("a causal block after cached positions needs an explicit mask")
-            k, v = cache.update(self.layer, k, v, commit)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        out = attend(self.layer, q, k, v)
         return self.dense(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -145,9 +143,9 @@ class PhiDecoderLayer(nn.Module):
         self.self_attn = PhiAttention(cfg, layer)
         self.mlp = PhiMLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache, commit):
+    def forward(self, x, cos, sin, attend: Attend):
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, mask, cache, commit) + self.mlp(h)
+        return x + self.self_attn(h, cos, sin, attend) + self.mlp(h)
 
 
 class PhiModel(nn.Module):
@@ -174,11 +172,9 @@ class Showo(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor,
-               cache: KVCache | None = None, commit: bool = True) -> torch.Tensor:
-        """Final-LayerNorm hidden states of `ids` (B, n). `mask` (B, 1, n, cached + n) boolean, or None
-        for plain causal attention (no padding, no image: the speed sweep's text contexts);
-        `position_ids` (n,) or (B, n). With a cache, `ids` follow its `length` cached positions."""
+    def run(self, ids: torch.Tensor, position_ids: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Final-LayerNorm hidden states of `ids` (B, n) at `position_ids` (n,) or (B, n), attention done
+        by `attend(layer, q, k, v)`: the one body that `hidden` and the static-cache decoder share."""
         x = self.showo.model.embed_tokens(ids)
         freqs = position_ids.float()[..., None] * self.inv_freq  # upstream's fp32 cos/sin tables
         emb = torch.cat([freqs, freqs], dim=-1)
@@ -186,10 +182,29 @@ class Showo(nn.Module):
         if cos.dim() == 3:  # per-row positions -> broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
         for layer in self.showo.model.layers:
-            x = layer(x, cos, sin, mask, cache, commit)
+            x = layer(x, cos, sin, attend)
+        return self.showo.model.final_layernorm(x)
+
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor,
+               cache: KVCache | None = None, commit: bool = True) -> torch.Tensor:
+        """Final-LayerNorm hidden states of `ids` (B, n). `mask` (B, 1, n, cached + n) boolean, or None
+        for plain causal attention (no padding, no image: the speed sweep's text contexts);
+        `position_ids` (n,) or (B, n). With a cache, `ids` follow its `length` cached positions."""
+        # mask None: plain causal attention, which lets SDPA pick its flash kernel; a single new row
+        # then sees every cached position.
+        causal = mask is None and ids.shape[1] > 1
+        if cache is not None and causal and cache.length:
+            raise ValueError("a causal block after cached positions needs an explicit mask")
+
+        def attend(layer: int, q, k, v):
+            if cache is not None:
+                k, v = cache.update(layer, k, v, commit)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+        out = self.run(ids, position_ids, attend)
         if cache is not None and commit:
             cache.length += ids.shape[1]
-        return self.showo.model.final_layernorm(x)
+        return out
 
     def logits(self, hidden: torch.Tensor, vocab: slice = slice(None)) -> torch.Tensor:
         """fp32 logits over `vocab` (a slice of the full vocabulary), as upstream's `.float()`."""
