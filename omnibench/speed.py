@@ -87,6 +87,12 @@ def nvml_process_memory_bytes() -> int | None:
         return None
 
 
+def gpu_name(device: str) -> str | None:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return None
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -191,7 +197,7 @@ class SpeedStore:
     @staticmethod
     def key(point: dict[str, Any]) -> tuple:
         return (point["kind"], point["model"], point["mode"], point["length"], point["device"], point["dtype"],
-                point["preset"], point.get("model_args", "{}"))
+                point["preset"], point.get("model_args", "{}"), point.get("gpu"))
 
     def load(self) -> dict[tuple, dict[str, Any]]:
         out: dict[tuple, dict[str, Any]] = {}
@@ -219,7 +225,8 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
     """Every (model, mode, length) point not already in the store, then image-generation speed."""
     store = SpeedStore(Path(cfg.output_dir))
     done = store.load()
-    common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset}
+    # Points of different GPUs never mix: a re-run on another card measures everything again.
+    common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset, "gpu": gpu_name(cfg.device)}
     for model in cfg.models:
         base = {**common, "model_args": json.dumps(scoped_args(model, cfg.model_args), sort_keys=True)}
         for mode in cfg.modes:
@@ -260,6 +267,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
               for m in cfg.models for mode in cfg.modes}
     return [p for p in done.values() if (p["model"], p["mode"], p.get("model_args", "{}")) in wanted
             and p["device"] == cfg.device and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset
+            and p.get("gpu") == common["gpu"]
             and (p["kind"] == "image_gen" or p["length"] in cfg.lengths)]
 
 
