@@ -49,6 +49,7 @@ class SweepConfig:
     output_dir: str = "reports/speed"
     model_args: dict[str, str] = field(default_factory=dict)
     report_only: bool = False
+    gpu: str | None = None  # the card whose points are measured/reported; default: this machine's
 
 
 class Timer:
@@ -226,7 +227,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
     store = SpeedStore(Path(cfg.output_dir))
     done = store.load()
     # Points of different GPUs never mix: a re-run on another card measures everything again.
-    common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset, "gpu": gpu_name(cfg.device)}
+    common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset, "gpu": cfg.gpu or gpu_name(cfg.device)}
     for model in cfg.models:
         base = {**common, "model_args": json.dumps(scoped_args(model, cfg.model_args), sort_keys=True)}
         for mode in cfg.modes:

@@ -26,6 +26,7 @@ def parse_args(argv: list[str]) -> SweepConfig:
     p.add_argument("--model_args", default="", help="k=v,... for every model or <model>.k=v for one "
                    "(e.g. omnimamba.cfg_scale=3)")
     p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--warmup-steps", type=int, default=4, help="untimed decode steps before the timed ones")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--point-timeout", type=float, default=300.0, help="seconds per point before it is recorded as timeout")
     p.add_argument("--full-budget", type=float, default=60.0,
@@ -33,6 +34,7 @@ def parse_args(argv: list[str]) -> SweepConfig:
     p.add_argument("--image-batch", type=int, default=16)
     p.add_argument("--output-dir", default="reports/speed")
     p.add_argument("--report-only", action="store_true", help="render reports from the finished points; measure nothing")
+    p.add_argument("--gpu", default=None, help="with --report-only: whose points to report (e.g. 'NVIDIA H100 80GB HBM3')")
     a = p.parse_args(argv)
     lengths = sorted({int(x) for x in a.lengths.split(",") if x.strip()})
     if a.max_len is not None:
@@ -44,10 +46,10 @@ def parse_args(argv: list[str]) -> SweepConfig:
     if bad:
         raise OmnibenchError(f"unknown mode '{bad[0]}' (known: as_published, best)")
     return SweepConfig(models=[m for m in a.models.split(",") if m], modes=modes, lengths=lengths, device=a.device,
-                       dtype=a.dtype, preset=a.preset, decode_steps=a.decode_steps, repeats=a.repeats,
+                       dtype=a.dtype, preset=a.preset, decode_steps=a.decode_steps, warmup_steps=a.warmup_steps, repeats=a.repeats,
                        point_timeout_s=a.point_timeout, full_generation_budget_s=a.full_budget,
                        image_batch=a.image_batch, output_dir=a.output_dir,
-                       model_args=parse_kv(a.model_args, "--model_args"), report_only=a.report_only)
+                       model_args=parse_kv(a.model_args, "--model_args"), report_only=a.report_only, gpu=a.gpu)
 
 
 def registry_factory(cfg: SweepConfig):
