@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,7 +74,7 @@ class Timer:
 
 
 def nvml_process_memory_bytes() -> int | None:
-    """This process's GPU memory as the driver sees it (allocator cache, CUDA context, graphs)."""
+    """This process's GPU memory as the driver sees it now (allocator cache, CUDA context, graphs)."""
     try:
         import pynvml
         pynvml.nvmlInit()
@@ -86,6 +87,33 @@ def nvml_process_memory_bytes() -> int | None:
         return total or None
     except Exception:  # no NVML or no permission (containers): the torch number remains
         return None
+
+
+class NvmlPeak:
+    """The largest NVML reading of this process while a block runs, polled from a thread every
+    `interval_s` (what watching nvidia-smi during a run reports, at a finer grain)."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.peak: int | None = None
+        self._stop = threading.Event()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            now = nvml_process_memory_bytes()
+            if now is None:
+                return
+            self.peak = max(self.peak or 0, now)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "NvmlPeak":
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def gpu_name(device: str) -> str | None:
@@ -121,7 +149,17 @@ def context_ids(adapter: ModelAdapter, length: int) -> torch.Tensor:
 
 
 def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
-    """One context length: prefill (median of repeats) and decode latency (median of steps)."""
+    """One context length: prefill (median of repeats) and decode latency (median of steps), with
+    the peak memory of both (torch allocator peak; NVML process peak where the driver answers)."""
+    if not cfg.device.startswith("cuda"):
+        return _measure_point(adapter, length, cfg)
+    with NvmlPeak() as nvml:
+        point = _measure_point(adapter, length, cfg)
+    point["peak_memory_bytes_nvml"], point["nvml_polled"] = nvml.peak, True
+    return point
+
+
+def _measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
     timer = Timer(cfg.device)
     cuda = cfg.device.startswith("cuda")
     deadline = time.perf_counter() + cfg.point_timeout_s
@@ -151,7 +189,6 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
              "decode_tokens_per_second": 1.0 / decode if decode > 0 else None, "decode_steps_timed": len(step_s)}
     if cuda:
         point["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
-        point["peak_memory_bytes_nvml"] = nvml_process_memory_bytes()
     return point
 
 

@@ -21,9 +21,12 @@ def _gib(value: Any) -> float | None:
 
 
 def _peak(p: dict[str, Any]) -> float | None:
-    """Peak memory of a point: NVML's process total when available (what the paper's nvidia-smi-style
-    numbers include), else torch's allocator peak."""
-    return p.get("peak_memory_bytes_nvml") or p.get("peak_memory_bytes_torch")
+    """Peak memory of a point: NVML's polled process peak (what nvidia-smi shows: allocator cache and
+    CUDA context included) where it was recorded, else torch's allocator peak. Points written before
+    the NVML poller (`nvml_polled` absent) hold only an end-of-point NVML reading: torch's peak then."""
+    if p.get("nvml_polled") and p.get("peak_memory_bytes_nvml"):
+        return p["peak_memory_bytes_nvml"]
+    return p.get("peak_memory_bytes_torch")
 
 
 def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
@@ -37,7 +40,7 @@ def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
             "tokens_per_s": p.get("decode_tokens_per_second") if ok else None,
             "total_s": p.get("total_seconds"), "total_source": p.get("total_source", ""),
             "peak_torch_gib": _gib(p.get("peak_memory_bytes_torch")),
-            "peak_nvml_gib": _gib(p.get("peak_memory_bytes_nvml")),
+            "peak_nvml_gib": _gib(p.get("peak_memory_bytes_nvml")) if p.get("nvml_polled") else None,
             "note": p.get("reason", ""),
         })
     return pd.DataFrame(rows)
@@ -139,10 +142,13 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
         for column, title in (("decode_ms_per_token", "Decode latency (ms/token)"),
                               ("total_s", "Total time of a forced generation to the length (s)"),
                               ("peak_torch_gib", "Peak memory, torch allocator (GiB)")):
-            table = ctx.assign(model_mode=ctx["model"] + " (" + ctx["mode"] + ")").pivot_table(
-                index="model_mode", columns="length", values=column, aggfunc="first")
+            # A point that did not finish shows why (oom, timeout, skipped) instead of a number.
+            cells = [f"{v:.3g}" if st == "ok" and v == v and v is not None else st
+                     for v, st in zip(ctx[column], ctx["status"])]
+            table = ctx.assign(model_mode=ctx["model"] + " (" + ctx["mode"] + ")", cell=cells).pivot(
+                index="model_mode", columns="length", values="cell").fillna("")
             if table.size:
-                pivots += [f"### {title}\n", table.to_markdown(floatfmt=".3g"), ""]
+                pivots += [f"### {title}\n", table.to_markdown(), ""]
     parts = ["# Speed and memory of long generation and image generation\n",
              f"Command: `{manifest.get('command')}`  \nHardware: {manifest.get('hardware')}  \n"
              f"Packages: {manifest.get('packages')}  \nSweep: {manifest.get('config')}\n",
