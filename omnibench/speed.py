@@ -17,7 +17,6 @@ import inspect
 import json
 import os
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,33 +88,6 @@ def nvml_process_memory_bytes() -> int | None:
         return None
 
 
-class NvmlPeak:
-    """The largest NVML reading of this process while a block runs, polled from a thread every
-    `interval_s` (what watching nvidia-smi during a run reports, at a finer grain)."""
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self.interval_s = interval_s
-        self.peak: int | None = None
-        self._stop = threading.Event()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            now = nvml_process_memory_bytes()
-            if now is None:
-                return
-            self.peak = max(self.peak or 0, now)
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> "NvmlPeak":
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def gpu_name(device: str) -> str | None:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
@@ -150,16 +122,9 @@ def context_ids(adapter: ModelAdapter, length: int) -> torch.Tensor:
 
 def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
     """One context length: prefill (median of repeats) and decode latency (median of steps), with
-    the peak memory of both (torch allocator peak; NVML process peak where the driver answers)."""
-    if not cfg.device.startswith("cuda"):
-        return _measure_point(adapter, length, cfg)
-    with NvmlPeak() as nvml:
-        point = _measure_point(adapter, length, cfg)
-    point["peak_memory_bytes_nvml"], point["nvml_polled"] = nvml.peak, True
-    return point
-
-
-def _measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
+    peak memory: torch's allocator peak, and NVML's process total (allocator cache, CUDA context and
+    graphs included) read after the last prefill and at the end. NVML is read between timed regions,
+    never polled during them: a polling thread takes the GIL from eager decode loops and slows them."""
     timer = Timer(cfg.device)
     cuda = cfg.device.startswith("cuda")
     deadline = time.perf_counter() + cfg.point_timeout_s
@@ -174,6 +139,7 @@ def _measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict
         prefill_s.append(seconds)
         if time.perf_counter() > deadline:
             raise _Timeout(f"prefill alone exceeded {cfg.point_timeout_s:g} s")
+    nvml_after_prefill = nvml_process_memory_bytes() if cuda else None
     token = torch.full((ids.shape[0],), 7, dtype=torch.long)
     step_s = []
     for i in range(cfg.warmup_steps + cfg.decode_steps):
@@ -189,6 +155,8 @@ def _measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict
              "decode_tokens_per_second": 1.0 / decode if decode > 0 else None, "decode_steps_timed": len(step_s)}
     if cuda:
         point["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
+        readings = [r for r in (nvml_after_prefill, nvml_process_memory_bytes()) if r]
+        point["peak_memory_bytes_nvml"] = max(readings) if readings else None
     return point
 
 

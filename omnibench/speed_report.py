@@ -21,11 +21,8 @@ def _gib(value: Any) -> float | None:
 
 
 def _peak(p: dict[str, Any]) -> float | None:
-    """Peak memory of a point: NVML's polled process peak (what nvidia-smi shows: allocator cache and
-    CUDA context included) where it was recorded, else torch's allocator peak. Points written before
-    the NVML poller (`nvml_polled` absent) hold only an end-of-point NVML reading: torch's peak then."""
-    if p.get("nvml_polled") and p.get("peak_memory_bytes_nvml"):
-        return p["peak_memory_bytes_nvml"]
+    """Peak memory of a point for the ratios: torch's allocator peak, a true peak on every backend.
+    (NVML's process total is shown beside it; it is read between timed regions, not polled.)"""
     return p.get("peak_memory_bytes_torch")
 
 
@@ -40,7 +37,7 @@ def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
             "tokens_per_s": p.get("decode_tokens_per_second") if ok else None,
             "total_s": p.get("total_seconds"), "total_source": p.get("total_source", ""),
             "peak_torch_gib": _gib(p.get("peak_memory_bytes_torch")),
-            "peak_nvml_gib": _gib(p.get("peak_memory_bytes_nvml")) if p.get("nvml_polled") else None,
+            "nvml_process_gib": _gib(p.get("peak_memory_bytes_nvml")),
             "note": p.get("reason", ""),
         })
     return pd.DataFrame(rows)
@@ -158,8 +155,9 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
              "decode steps appending one token each at that context (median latency after warm-up, CUDA events). "
              "`total_s` is the time of a generation forced (stop tokens ignored) up to the length: `measured` "
              "where it fit the budget, else `integrated` from the per-point decode latencies (linear between "
-             "points) plus the prefill of the first point. Peak memory: torch `max_memory_allocated` and the "
-             "process's NVML total (which adds the CUDA context and allocator cache).\n",
+             "points) plus the prefill of the first point. Memory: torch `max_memory_allocated` over the point (the "
+             "peak used in the ratios) and the process's NVML total read after the last prefill and at the end "
+             "of the point (adds the CUDA context, allocator cache and graph pools; not polled during timing).\n",
              "## Long generation\n", *pivots, "### Every point\n",
              ctx.to_markdown(index=False, floatfmt=".4g") if len(ctx) else "(no points)", ""]
     for ours_mode, baseline_mode, title in RATIO_SETTINGS:

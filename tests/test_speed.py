@@ -162,16 +162,3 @@ def test_report_only_measures_nothing(tmp_path):
                        log=lambda s: None)
     assert {(p["model"], p["length"]) for p in points if p["kind"] == "context"} == {("a", 8)}
 
-
-def test_nvml_peak_keeps_the_largest_reading_while_the_block_runs(monkeypatch):
-    import time
-    import omnibench.speed as speed
-    readings = iter([100, 300, 200] + [150] * 1000)
-    monkeypatch.setattr(speed, "nvml_process_memory_bytes", lambda: next(readings))
-    with speed.NvmlPeak(interval_s=0.001) as peak:
-        time.sleep(0.05)
-    assert peak.peak == 300
-    monkeypatch.setattr(speed, "nvml_process_memory_bytes", lambda: None)  # no driver: no number
-    with speed.NvmlPeak(interval_s=0.001) as peak:
-        pass
-    assert peak.peak is None
