@@ -78,9 +78,7 @@ class HFAdapter(ModelAdapter):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        preset = model_args.get("preset")
-        if preset not in (None, "tiny"):
-            raise OmnibenchError(f"unknown preset '{preset}' for model hf (known: tiny)")
+        preset = self.arg_choice("preset", (None, "tiny"))
         source = str(resolve_tiny()) if preset == "tiny" else model_args.get("pretrained")
         if not source:
             raise OmnibenchError("model hf needs --model_args pretrained=<hub id or local dir> (or preset=tiny)")

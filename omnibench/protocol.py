@@ -93,6 +93,14 @@ class ModelAdapter(abc.ABC):
         self.dtype = dtype
         self.model_args = dict(model_args)
 
+    def arg_choice(self, key: str, known: Sequence[str | None], default: str | None = None) -> str | None:
+        """`model_args[key]` (or `default`), which must be one of `known` (None: the argument may be absent)."""
+        value = self.model_args.get(key, default)
+        if value not in known:
+            names = ", ".join(k for k in known if k is not None)
+            raise OmnibenchError(f"unknown {key} '{value}' for model {self.name} (known: {names})")
+        return value
+
     def config(self) -> dict[str, Any]:
         """Everything that changes outputs; hashed into the cache key."""
         return {"model": self.name, "dtype": self.dtype, **self.model_args}

@@ -238,3 +238,9 @@ def test_torchrun_two_ranks_shard_and_gather_to_the_single_process_scores(tmp_pa
     assert a["results"] == b["results"] and b["manifest"]["world_size"] == 2
     assert next((tmp_path / "one").glob("hf_*/samples_pope.jsonl")).read_bytes() == \
         (two / "samples_pope.jsonl").read_bytes()
+
+
+def test_unknown_preset_names_the_model_and_the_known_ones():
+    from models.hf import HFAdapter
+    with pytest.raises(OmnibenchError, match=r"unknown preset 'huge' for model hf \(known: tiny\)"):
+        HFAdapter(preset="huge")

@@ -99,12 +99,8 @@ class JanusFlowAdapter(ModelAdapter):
             torch_dtype = _DTYPES[dtype]
         else:
             raise OmnibenchError(f"unknown dtype '{dtype}' for model janusflow (known: auto, {', '.join(_DTYPES)})")
-        preset = model_args.get("preset")
-        if preset not in (None, "tiny", "full"):
-            raise OmnibenchError(f"unknown preset '{preset}' for model janusflow (known: tiny, full)")
-        self.mode = model_args.get("mode", "best")
-        if self.mode not in MODES:
-            raise OmnibenchError(f"unknown mode '{self.mode}' for model janusflow (known: {', '.join(MODES)})")
+        preset = self.arg_choice("preset", (None, "tiny", "full"))
+        self.mode = self.arg_choice("mode", MODES, "best")
         self.cfg_weight = float(model_args.get("cfg_weight", 2.0))
         self.steps = int(model_args.get("num_inference_steps", 30))
         self.system_prompt = model_args.get("system_prompt", SYSTEM_PROMPT)

@@ -65,12 +65,8 @@ class OmniMambaAdapter(ModelAdapter):
         if dtype != "auto" and dtype not in _DTYPES:
             raise OmnibenchError(f"unknown dtype '{dtype}' for omnimamba (use auto, {', '.join(_DTYPES)})")
         torch_dtype = _DTYPES.get(dtype, torch.float32)
-        preset = model_args.get("preset")
-        if preset not in (None, "tiny", "full"):
-            raise OmnibenchError(f"unknown omnimamba preset '{preset}' (known: tiny, full)")
-        self.mode = model_args.get("mode", "best")
-        if self.mode not in ("best", "as_published"):
-            raise OmnibenchError(f"unknown omnimamba mode '{self.mode}' (known: best, as_published)")
+        preset = self.arg_choice("preset", (None, "tiny", "full"))
+        self.mode = self.arg_choice("mode", ("best", "as_published"), "best")
         self.model: OmniMamba
         if preset == "full":  # full size, random weights, tiny tokenizer: for speed and memory only
             self.model, self.tokenizer = random_full(device, torch_dtype), add_task_tokens(tiny_base_tokenizer())

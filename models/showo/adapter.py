@@ -76,12 +76,8 @@ class ShowoAdapter(ModelAdapter):
         super().__init__(device, dtype, **model_args)
         if dtype not in _DTYPES:
             raise OmnibenchError(f"unknown dtype '{dtype}' for model showo (known: {', '.join(_DTYPES)})")
-        preset = model_args.get("preset")
-        if preset not in (None, "tiny", "full"):
-            raise OmnibenchError(f"unknown preset '{preset}' for model showo (known: tiny, full)")
-        self.mode = model_args.get("mode", "best")
-        if self.mode not in MODES:
-            raise OmnibenchError(f"unknown mode '{self.mode}' for model showo (known: {', '.join(MODES)})")
+        preset = self.arg_choice("preset", (None, "tiny", "full"))
+        self.mode = self.arg_choice("mode", MODES, "best")
         self.guidance_scale = float(model_args.get("guidance_scale", 5.0))
         self.timesteps = int(model_args.get("generation_timesteps", 50))
         self.temperature = float(model_args.get("temperature", 1.0))
