@@ -22,6 +22,12 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
+def _decimals(values: list[Any]) -> int:
+    """As many decimals as the paper prints in that column (at least one)."""
+    printed = [len(repr(v).split(".")[1]) for v in values if isinstance(v, float) and "." in repr(v)]
+    return max([1, *printed])
+
+
 def measured_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """{paper table: {column: value in the paper's unit}} from a results.json object."""
     out: dict[str, dict[str, float]] = {}
@@ -39,14 +45,16 @@ def paper_layout_table(table: str, measured: dict[str, float], label: str) -> st
     pairs = list(zip(ref["columns"], ref["keys"]))
     pairs += [(c, c) for c in measured if c not in ref["keys"]]
     metric_keys = set(measured) | set(ref.get("higher_is_better", {}))
-    rows = [{h: (_fmt(r.get(k)) if k in metric_keys else ("" if r.get(k) is None else str(r.get(k))))
+    digits = {k: _decimals([r.get(k) for r in ref["rows"]]) for k in metric_keys}
+    rows = [{h: (_fmt(r.get(k), digits[k]) if k in metric_keys else ("" if r.get(k) is None else str(r.get(k))))
              for h, k in pairs} for r in ref["rows"]]
-    rows.append({h: (_fmt(measured.get(k)) if k in metric_keys else "") for h, k in pairs}
+    rows.append({h: (_fmt(measured.get(k), digits[k]) if k in metric_keys else "") for h, k in pairs}
                 | {h: f"**{label}**" for h, k in pairs if k == "model"})
     frame = pd.DataFrame(rows, columns=[h for h, _ in pairs])
     source = f"Published rows: {ref['source']} ({ref.get('url', '')})." if "source" in ref else \
         "No published table found in reports/paper/."
-    return frame.to_markdown(index=False) + f"\n\n{source}\n"
+    # Cells are already formatted as the paper prints them: keep tabulate from re-parsing them.
+    return frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{source}\n"
 
 
 def render_report(results: dict[str, Any]) -> str:
