@@ -10,7 +10,7 @@ from omnibench.manifest import build_manifest
 from omnibench.protocol import ModelAdapter, OmnibenchError
 from omnibench.registry import get_model_class
 from omnibench.speed import DEFAULT_LENGTHS, SweepConfig, as_dict, run_sweep
-from omnibench.speed_report import write_reports
+from omnibench.speed_report import record_run, write_reports
 
 
 def parse_args(argv: list[str]) -> SweepConfig:
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
         for model in cfg.models:
             get_model_class(model)  # unknown names fail before anything runs
+        if not cfg.report_only:
+            record_run(Path(cfg.output_dir), build_manifest(as_dict(cfg)))
         points = run_sweep(cfg, registry_factory(cfg))
         if not points:
             raise OmnibenchError(f"no finished points for this sweep in {cfg.output_dir}")

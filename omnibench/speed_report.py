@@ -127,10 +127,27 @@ def plot(points: list[dict[str, Any]], folder: Path) -> list[Path]:
     return out
 
 
+RUNS_FILE = "speed_runs.jsonl"
+
+
+def record_run(folder: Path, manifest: dict[str, Any]) -> None:
+    """Append the manifest of a measuring run (command, GPU, driver, versions) to the store's folder:
+    a report rendered elsewhere later still says where its points were measured."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / RUNS_FILE, "a") as fh:
+        fh.write(json.dumps(manifest, sort_keys=True, default=str) + "\n")
+
+
+def measuring_runs(folder: Path) -> list[dict[str, Any]]:
+    path = folder / RUNS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     points = with_totals(points)
-    atomic_write_text(folder / "speed.json", json.dumps({"schema_version": 1, "manifest": manifest,
+    runs = measuring_runs(folder)
+    atomic_write_text(folder / "speed.json", json.dumps({"schema_version": 1, "manifest": manifest, "runs": runs,
                                                          "points": points}, indent=2, sort_keys=True) + "\n")
     modes = sorted({p["mode"] for p in points})
     ctx = context_table(points)
@@ -146,9 +163,12 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
                 index="model_mode", columns="length", values="cell").fillna("")
             if table.size:
                 pivots += [f"### {title}\n", table.to_markdown(), ""]
+    measured_by = [f"- `{r.get('command')}`: {r.get('hardware', {}).get('gpus')}, driver "
+                   f"{r.get('hardware', {}).get('nvidia_driver')}, {r.get('packages')}" for r in runs]
     parts = ["# Speed and memory of long generation and image generation\n",
-             f"Command: `{manifest.get('command')}`  \nHardware: {manifest.get('hardware')}  \n"
-             f"Packages: {manifest.get('packages')}  \nSweep: {manifest.get('config')}\n",
+             f"Rendered by: `{manifest.get('command')}`  \nSelection rendered: {manifest.get('config')}\n",
+             "Measured by (each run's command, GPU, driver and packages; `speed_runs.jsonl`):\n",
+             "\n".join(measured_by) if measured_by else "- (no run manifest recorded)", "",
              "Weights: " + ("random (full-size architecture; speed and memory do not depend on weight values)"
                             if manifest.get("config", {}).get("preset") == "full" else "see config") + ".\n",
              "What is timed: at batch 1, prefill of a context of the given length (median of repeats), then "

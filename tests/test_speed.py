@@ -141,6 +141,13 @@ def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys
     ctx = {p["length"]: p for p in data["points"] if p["kind"] == "context"}
     assert sorted(ctx) == [64, 256] and all(p["status"] == "ok" for p in ctx.values())  # 1024 > --max-len
     assert data["manifest"]["config"]["preset"] == "tiny"
+    runs = [json.loads(l) for l in (tmp_path / "speed_runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 1 and data["runs"] == runs and "--max-len" in runs[0]["command"]
+    # Rendering again measures nothing and records no run, but still reports where points came from.
+    assert main(["--device", "cpu", "--preset", "tiny", "--max-len", "256", "--lengths", "64,256",
+                 "--models", "omnimamba", "--dtype", "float32", "--report-only", "--output-dir", str(tmp_path)]) == 0
+    assert len((tmp_path / "speed_runs.jsonl").read_text().splitlines()) == 1
+    assert "Measured by" in (tmp_path / "speed.md").read_text() and runs[0]["command"] in (tmp_path / "speed.md").read_text()
     img = next(p for p in data["points"] if p["kind"] == "image_gen")
     assert img["status"] == "ok" and img["batch"] == 2
 
