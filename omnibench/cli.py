@@ -56,10 +56,12 @@ def parse_config(argv: list[str]) -> RunConfig | None:
 def main(argv: list[str] | None = None) -> int:
     from omnibench.runner import Runner
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+        cfg = parse_config(argv)
         if cfg is None:
             return 0
+        cfg.argv = ["run_eval.py", *argv]
         out = Runner(cfg).run()
     except OmnibenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

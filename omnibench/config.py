@@ -58,6 +58,7 @@ class RunConfig:
     log_samples: bool = False
     resume: bool = False
     overwrite: bool = False
+    argv: list[str] | None = None  # the command line as given (for the manifest); None: this process's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -55,10 +55,12 @@ def hardware() -> dict[str, Any]:
 
 
 def build_manifest(config: dict[str, Any], datasets: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   extra: dict[str, Any] | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """`argv`: the program and its arguments as the CLI parsed them (default: this process's)."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if argv is None else argv
     return {
-        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
-        "command": " ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "argv": argv,
+        "command": " ".join(["python", *argv]),
         "config": config,
         "seed": config.get("seed"),
         "packages": package_versions(),

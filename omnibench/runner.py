@@ -202,7 +202,7 @@ class Runner:
             "n_samples": counts,
             "timing": timing,
             "exports": exports,
-            "manifest": build_manifest(cfg.to_dict(), fingerprints, {"world_size": self.world}),
+            "manifest": build_manifest(cfg.to_dict(), fingerprints, {"world_size": self.world}, argv=cfg.argv),
         }
         atomic_write_text(self.dir / "results.json", json.dumps(out, indent=2, sort_keys=True) + "\n")
         atomic_write_text(self.dir / "report.md", render_report(out))

@@ -63,18 +63,19 @@ def registry_factory(cfg: SweepConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = parse_args(argv)
         for model in cfg.models:
             get_model_class(model)  # unknown names fail before anything runs
         if not cfg.report_only:
-            record_run(Path(cfg.output_dir), build_manifest(as_dict(cfg)))
+            record_run(Path(cfg.output_dir), build_manifest(as_dict(cfg), argv=["run_speed.py", *argv]))
         points = run_sweep(cfg, registry_factory(cfg))
         if not points:
             raise OmnibenchError(f"no finished points for this sweep in {cfg.output_dir}")
     except OmnibenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    paths = write_reports(points, build_manifest(as_dict(cfg)), Path(cfg.output_dir))
+    paths = write_reports(points, build_manifest(as_dict(cfg), argv=["run_speed.py", *argv]), Path(cfg.output_dir))
     print(f"report: {paths['md']}\njson:   {paths['json']}")
     return 0

@@ -213,7 +213,8 @@ def test_every_task_end_to_end_with_tiny_hf_model_through_the_cli(tmp_path, caps
         assert len(lines) == results["n_samples"][task]["total"] > 0
         assert all(isinstance(json.loads(l)["output"], str) for l in lines)
     manifest = results["manifest"]
-    assert manifest["argv"][0] == "pytest" or manifest["config"]["tasks"] == tasks
+    assert manifest["command"].startswith("python run_eval.py --model hf --model_args preset=tiny --tasks pope,")
+    assert manifest["config"]["tasks"] == tasks and manifest["seed"] == 0 and "commit" in manifest["git"]
     assert manifest["datasets"]["pope"]["num_rows"] == 6 and manifest["packages"]["torch"]
     report = (folder / "report.md").read_text()
     assert "OmniMamba" in report and "**hf (omnibench, measured)**" in report and "MME-P" in report
