@@ -16,6 +16,9 @@ def init(device: str) -> None:
         import torch.distributed as dist
         if not dist.is_initialized():
             backend = "nccl" if device.startswith("cuda") else "gloo"
+            if backend == "nccl":  # NCCL's barrier runs on the current device: make it this rank's own
+                import torch
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             # Ranks wait for the slowest one at the gather; a long benchmark must not time out there.
             dist.init_process_group(backend, timeout=datetime.timedelta(hours=48))
 
