@@ -147,11 +147,18 @@ class Runner:
             requests = [(d, r) for d, r in requests if d.doc_id not in records]
         if requests:
             reqs = [r for _, r in requests]
-            if task.output_type == "image":
-                outputs = [self._save_image(task, r.sample_id, img) for r, img in
-                           zip(reqs, self.model.generate_images(reqs))]
-            else:
-                outputs = self.model.generate_text(reqs)
+            try:
+                if task.output_type == "image":
+                    outputs = [self._save_image(task, r.sample_id, img) for r, img in
+                               zip(reqs, self.model.generate_images(reqs))]
+                else:
+                    outputs = self.model.generate_text(reqs)
+            except Exception as exc:
+                if "out of memory" not in str(exc).lower():
+                    raise
+                raise OmnibenchError(f"out of memory on a batch of {len(reqs)} {task.name} samples (first: "
+                                     f"{reqs[0].sample_id}): finished samples are saved; re-run with a smaller "
+                                     f"--batch_size and --resume") from exc
             if len(outputs) != len(reqs):
                 raise OmnibenchError(f"model {self.cfg.model} returned {len(outputs)} outputs for {len(reqs)} requests")
             for (doc, req), output in zip(requests, outputs):

@@ -245,3 +245,21 @@ def test_unknown_preset_names_the_model_and_the_known_ones():
     from models.hf import HFAdapter
     with pytest.raises(OmnibenchError, match=r"unknown preset 'huge' for model hf \(known: tiny\)"):
         HFAdapter(preset="huge")
+
+
+def test_out_of_memory_mid_run_keeps_finished_batches_and_says_how_to_go_on(tmp_path):
+    import torch
+
+    class RunsOut(FixedAnswers):
+        def generate_text(self, requests):
+            if len(self.seen) >= 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().generate_text(requests)
+
+    model = RunsOut()
+    with pytest.raises(OmnibenchError, match="out of memory on a batch of 2 pope samples.*--resume") as err:
+        Runner(pope_cfg(tmp_path, batch_size=2), lambda: model).run()
+    assert "\n" not in str(err.value)
+    resumed = FixedAnswers()
+    out = Runner(pope_cfg(tmp_path, batch_size=2, resume=True), lambda: resumed).run()
+    assert len(resumed.seen) == 2 and out["n_samples"]["pope"]["total"] == 6
