@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from omnibench.data import cache_root
+from omnibench.data import build_once, cache_root
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
 TINY_VERSION = "1"
@@ -21,7 +21,7 @@ _CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_llava(folder: Path) -> Path:
+def build_tiny_llava(folder: Path) -> None:
     """Write a tiny random-weight LLaVA checkpoint + processor in the standard HF layout."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -58,16 +58,12 @@ def build_tiny_llava(folder: Path) -> Path:
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.replace(folder)
-    return folder
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
 
 
 def resolve_tiny() -> Path:
-    folder = cache_root() / "presets" / f"hf-tiny-llava-v{TINY_VERSION}"
-    return folder if (folder / "config.json").exists() else build_tiny_llava(folder)
+    return build_once(cache_root() / "presets" / f"hf-tiny-llava-v{TINY_VERSION}", "config.json", build_tiny_llava)
 
 
 class HFAdapter(ModelAdapter):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,21 @@ def fingerprint(ds, source: str, split: str, config: str | None = None) -> dict[
     """Source, split, row count, and the `datasets` content fingerprint of what was evaluated."""
     return {"source": source, "config": config, "split": split, "num_rows": len(ds),
             "fingerprint": getattr(ds, "_fingerprint", None)}
+
+
+def build_once(folder: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """`folder`, unless `folder/marker` exists already: `build(tmp)` writes it into a private temporary
+    folder that is then moved into place; a process that loses the race to another drops its copy."""
+    if (folder / marker).is_file():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    if folder.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(folder)
+    return folder
 
 
 def png_bytes(img: Image.Image) -> bytes:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,19 +178,18 @@ def tiny_checkpoint() -> Path:
     """Build (once) the tiny preset under the omnibench cache: random weights from a fixed seed, in the
     official layout (plus a tiny AutoencoderKL in vae/ when diffusers is installed), so that it loads
     through `from_pretrained`. Latents 4 x 8 x 8 -> 16 generation tokens; images 32 px for SigLIP."""
-    from omnibench.data import cache_root
+    from omnibench.data import build_once, cache_root
 
     tok = tiny_tokenizer()
     cfg = tiny_config(tok)
     digest = hashlib.sha256((config_json(cfg) + str(TINY_SEED)).encode()).hexdigest()[:12]
-    root = cache_root() / "models" / f"janusflow-tiny-{digest}"
-    if not (root / "config.json").is_file():
+
+    def build(tmp: Path) -> None:
         torch.manual_seed(TINY_SEED)
         model = JanusFlow(cfg)
         for p in model.parameters():  # zero-initialised upstream (GRN, begin-of-image): make them count
             if torch.count_nonzero(p) == 0:
                 torch.nn.init.normal_(p, std=0.02)
-        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
         save_pretrained(model, tok, ImageProcessing(image_size=32), tmp)
         # As on the hub: a byte-level BPE that declares itself a LlamaTokenizerFast.
         tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
@@ -207,8 +204,4 @@ def tiny_checkpoint() -> Path:
             vae.save_pretrained(str(tmp / "vae"))
         except ImportError:
             pass
-        if root.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(root)
-    return root
+    return build_once(cache_root() / "models" / f"janusflow-tiny-{digest}", "config.json", build)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -158,18 +156,12 @@ def tiny_base_tokenizer():
 def tiny_checkpoint() -> Path:
     """Build (once) the tiny preset's folder under the omnibench cache and return it: random weights
     from a fixed seed, written in the official layout so it loads through `from_pretrained`."""
-    from omnibench.data import cache_root
+    from omnibench.data import build_once, cache_root
 
     cfg = tiny_config()
     digest = hashlib.sha256((cfg.to_json() + str(TINY_SEED)).encode()).hexdigest()[:12]
-    folder = cache_root() / "models" / f"omnimamba-tiny-{digest}"
-    if not (folder / WEIGHTS_NAME).is_file():
+
+    def build(tmp: Path) -> None:
         torch.manual_seed(TINY_SEED)
-        model = OmniMamba(cfg)
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        save_pretrained(model, tiny_base_tokenizer(), tmp)
-        if folder.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(folder)
-    return folder
+        save_pretrained(OmniMamba(cfg), tiny_base_tokenizer(), tmp)
+    return build_once(cache_root() / "models" / f"omnimamba-tiny-{digest}", WEIGHTS_NAME, build)

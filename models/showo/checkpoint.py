@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -240,23 +238,18 @@ def random_full(device, dtype: torch.dtype, seed: int = FULL_SEED):
 def tiny_checkpoint() -> Path:
     """Build (once) the tiny preset under the omnibench cache: random weights from a fixed seed, in the
     official layouts, so that it loads through `from_pretrained`. Images are 16 px (4x4 tokens)."""
-    from omnibench.data import cache_root
+    from omnibench.data import build_once, cache_root
 
     cfg, mcfg = tiny_configs()
     digest = hashlib.sha256((json.dumps(cfg.to_dict()) + json.dumps(asdict(mcfg)) + str(TINY_SEED)).encode())
     root = cache_root() / "models" / f"showo-tiny-{digest.hexdigest()[:12]}"
-    if not (root / "magvitv2" / "config.json").is_file():
+
+    def build(tmp: Path) -> None:
         torch.manual_seed(TINY_SEED)
-        model, vq = Showo(cfg), MAGVITv2(mcfg)
-        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
-        save_pretrained(model, vq, tiny_base_tokenizer(), tmp)
+        save_pretrained(Showo(cfg), MAGVITv2(mcfg), tiny_base_tokenizer(), tmp)
         # config.json points at the phi folder by absolute path: rewrite it for the final location.
         showo_file = tmp / "show-o" / "config.json"
         showo_cfg = json.loads(showo_file.read_text())
         showo_cfg["llm_model_path"] = str(root / "phi")
         showo_file.write_text(json.dumps(showo_cfg, indent=1))
-        if root.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(root)
-    return root
+    return build_once(root, "magvitv2/config.json", build)
