@@ -28,7 +28,6 @@ from omnibench.config import scoped_args
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 23552, 32768, 65536, 100000)
-SPEED_PROMPT = "Please describe the image in detail."
 IMAGE_GEN_PROMPT = "A Picture"
 
 
