@@ -61,6 +61,66 @@ def test_chunked_scan_is_not_trivially_equal_when_a_decay_is_dropped():
     assert rel(y_no_decay, y_ref) > 1e-2
 
 
+def test_bf16_scan_rounds_the_scores_where_the_triton_kernel_does():
+    # One chunk, zero state: y_i = sum_j bf16(C_i.B_j exp(a_i - a_j) dt_j) x_j + D x_i, as mamba-ssm's
+    # chunk-scan kernel feeds its tensor-core dot; the bf16 path must round there and only there.
+    g = torch.Generator().manual_seed(4)
+    l, h, p, n = 12, 2, 4, 8
+    x = torch.randn(1, l, h, p, generator=g).bfloat16()
+    B, C = torch.randn(1, l, 1, n, generator=g).bfloat16(), torch.randn(1, l, 1, n, generator=g).bfloat16()
+    dt, A, D = torch.rand(1, l, h, generator=g) * 0.5, -torch.rand(h, generator=g) * 2, torch.randn(h, generator=g)
+    y, _ = ssd_chunked(x, dt, A, B, C, D, chunk_size=16)
+    a = torch.cumsum(dt * A, dim=1)[0]  # (l, h)
+    cb = C[0, :, 0].float() @ B[0, :, 0].float().T  # (i, j)
+    decay = torch.exp(a[:, None, :] - a[None, :, :]) * torch.ones(l, l).tril()[..., None]
+    scores = (cb[..., None] * decay * dt[0][None]).bfloat16().float()
+    expected = torch.einsum("ijh,jhp->ihp", scores, x[0].float()) + D[:, None] * x[0].float()
+    assert (y[0] - expected).abs().max() < 1e-5
+    unrounded = torch.einsum("ijh,jhp->ihp", cb[..., None] * decay * dt[0][None], x[0].float()) + D[:, None] * x[0].float()
+    assert (y[0] - unrounded).abs().max() > 1e-4  # the rounding is really there
+
+
+_FUSED_CHECK = """
+import sys, torch
+import torch.nn.functional as F
+from models.omnimamba import fused
+from models.omnimamba.modeling_omnimamba import GatedRMSNorm, RMSNorm, add_rms_norm
+worst = 0.0
+for rows, has_residual in [(1, False), (1, True), (3, True)]:
+    g = torch.Generator().manual_seed(rows)
+    k, n = 96, 37  # K not a power of two, N not a multiple of the block
+    x, z = torch.randn(rows, k, generator=g), torch.randn(rows, k, generator=g)
+    residual = torch.randn(rows, k, generator=g) if has_residual else None
+    w = torch.randn(n, k, generator=g) / k ** 0.5
+    norm, gated = RMSNorm(k, 1e-5), GatedRMSNorm(k, 1e-5, 1)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        gated.weight.uniform_(0.5, 1.5, generator=g)
+        assert fused.fused_available(x, residual)
+        for config in [(4, 2), (16, 4)]:
+            out, res = fused.norm_linear(x, residual, norm.weight, 1e-5, w, config=config)
+            h, res_ref = add_rms_norm(x, residual, norm, prenorm=True)
+            assert torch.equal(res, res_ref), "residual"
+            worst = max(worst, (out - F.linear(h, w)).abs().max().item())
+            out = fused.gated_norm_linear(x, z, gated.weight, 1e-5, w, config=config)
+            worst = max(worst, (out - F.linear(gated(x, z), w)).abs().max().item())
+print(worst)
+"""
+
+
+def test_fused_norm_gemv_kernels_equal_the_unfused_ops():
+    """The Triton decode kernels, run by Triton's CPU interpreter (which must be switched on before
+    Triton is imported, hence the subprocess), against the ops they replace, in fp32."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    run = subprocess.run([sys.executable, "-c", _FUSED_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+
+
 # --- recurrent decoding --------------------------------------------------------------------------
 def test_mmu_decoding_from_the_state_equals_a_full_forward(model):
     cfg = model.config

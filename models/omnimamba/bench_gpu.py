@@ -67,6 +67,87 @@ def conv_check() -> float:
     return max((out - ref).abs().max().item(), (state - ref_state).abs().max().item())
 
 
+def graph_ms(fn, reps: int = 20) -> float:
+    """Milliseconds per replay of `fn` captured in a CUDA graph (after a compile/warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+# out_features, in_features, gated, weights cycled per timed call (together larger than the 50 MB L2)
+GEMV_SHAPES = {"in_proj": (8512, 2048, False, 48), "out_proj": (2048, 4096, True, 48),
+               "lm_head": (50288, 2048, False, 8)}
+
+
+@torch.inference_mode()
+def gemv_sweep() -> dict:
+    """The fused norm+GEMV kernels over (BLOCK_N, num_warps), against the unfused ops (mamba-ssm norm
+    kernel, then cuBLAS), batch 1, bf16, each call on a different weight matrix so reads come from HBM
+    as in a decode step. Sets fused.CONFIGS to the fastest configuration per shape."""
+    import triton
+
+    from . import fused
+    from .ssd import kernels
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    result = {}
+    for name, (n, k, gated, count) in GEMV_SHAPES.items():
+        ws = [(torch.randn(n, k, generator=g, **bf16) * k ** -0.5) for _ in range(count)]
+        x, z = torch.randn(1, k, generator=g, **bf16), torch.randn(1, k, generator=g, **bf16)
+        res = torch.randn(1, k, generator=g, device="cuda")
+        nw = (torch.rand(k, generator=g, device="cuda") + 0.5).to(torch.bfloat16)
+
+        def unfused(w):
+            if gated:
+                h = kernels().gated_rms_norm(x, nw, None, z=z, eps=1e-5, group_size=k, norm_before_gate=False)
+            else:
+                h = kernels().add_rms_norm(x, nw, None, residual=res, prenorm=True, residual_in_fp32=True,
+                                           eps=1e-5, is_rms_norm=True)[0]
+            return torch.nn.functional.linear(h, w)
+
+        def fused_call(w, config):
+            if gated:
+                return fused.gated_norm_linear(x, z, nw, 1e-5, w, config=config)
+            return fused.norm_linear(x, res, nw, 1e-5, w, config=config)[0]
+
+        ref = unfused(ws[0])
+        base_us = 1e3 * graph_ms(lambda: [unfused(w) for w in ws]) / count
+        rows = [{"impl": "norm kernel + cuBLAS", "us": base_us, "tb_per_s": n * k * 2 / base_us / 1e6}]
+        for block_n in (1, 2, 4, 8, 16, 32):
+            for warps in (1, 2, 4, 8, 16):
+                per_thread = block_n * triton.next_power_of_2(k) / (32 * warps)
+                if not 8 <= per_thread <= 128:
+                    continue
+                try:
+                    err = rel_err(fused_call(ws[0], (block_n, warps)), ref)
+                    us = 1e3 * graph_ms(lambda: [fused_call(w, (block_n, warps)) for w in ws]) / count
+                    rows.append({"impl": "fused", "block_n": block_n, "num_warps": warps, "us": us,
+                                 "tb_per_s": n * k * 2 / us / 1e6, "rel_err_vs_unfused": err})
+                except Exception as exc:  # a config that does not compile or run is recorded, not fatal
+                    rows.append({"impl": "fused", "block_n": block_n, "num_warps": warps,
+                                 "error": str(exc).splitlines()[0][:200]})
+        ok = [r for r in rows if r["impl"] == "fused" and "us" in r and r["rel_err_vs_unfused"] < 1e-2]
+        best = min(ok, key=lambda r: r["us"])
+        fused.CONFIGS[(n, k)] = (best["block_n"], best["num_warps"])
+        result[name] = {"out_features": n, "in_features": k, "gated": gated, "weights_cycled": count,
+                        "unfused_us": base_us, "best": best, "configs": rows}
+        print(json.dumps({name: {"unfused_us": base_us, "best": best}}), flush=True)
+        del ws
+    return result
+
+
 def clone_state(state: DecodeState) -> DecodeState:
     return DecodeState([t.clone() for t in state.conv], [t.clone() for t in state.ssm], state.position.clone(),
                        state.route)
@@ -160,6 +241,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--contexts", default="1024,16384,100000")
+    ap.add_argument("--gemv-sweep", action="store_true",
+                    help="time the fused norm+GEMV kernels over block sizes first and use the fastest")
+    ap.add_argument("--unfused-baseline", action="store_true",
+                    help="also time decode at the first context with the norms and GEMVs unfused")
     args = ap.parse_args()
     import mamba_ssm
     import triton
@@ -174,6 +259,10 @@ def main() -> None:
     except ImportError:
         result["causal_conv1d_cuda"] = False
     result["conv_update_triton_max_abs_err"] = conv_check()
+    if args.gemv_sweep:
+        result["gemv_sweep"] = gemv_sweep()
+    from . import fused
+    result["fused_configs"] = {f"{n}x{k}": list(c) for (n, k), c in fused.CONFIGS.items()}
     result["agreement"] = agreement(model, prompt_len=600, steps=64)  # leaves the model in bf16
     print(json.dumps({k: v for k, v in result["agreement"].items() if "tokens_" not in k}), flush=True)
     bw = hbm_bandwidth()
@@ -187,6 +276,15 @@ def main() -> None:
         row["vs_floor"] = row["decode_ms_per_token"] / result["weight_read_floor_ms"]
         result["latency"].append(row)
         print(json.dumps(row), flush=True)
+    if args.unfused_baseline:
+        from . import modeling_omnimamba
+
+        model._graphs.clear()
+        modeling_omnimamba.fused_available = lambda *rows: False
+        row = decode_latency(model, int(args.contexts.split(",")[0]))
+        row["vs_floor"] = row["decode_ms_per_token"] / result["weight_read_floor_ms"]
+        result["latency_unfused"] = row
+        print(json.dumps({"unfused": row}), flush=True)
     first = result["latency"][0]["decode_ms_per_token"]
     result["longest_vs_shortest"] = result["latency"][-1]["decode_ms_per_token"] / first
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fused
+from .fused import fused_available
 from .ssd import kernels, ssd_chunked, ssd_step, use_kernels
 from .vision import DinoSigLIPBackbone, FusedMLPProjector, VisionConfig, hf_to_timm, timm_to_hf
 from .vq import VQConfig, VQModel
@@ -144,7 +146,7 @@ class LoRALinear(nn.Linear):
         """W + scaling * B A for one route, for decode steps (one GEMV instead of three)."""
         a, b = getattr(self, f"{route}_lora_A0").weight, getattr(self, f"{route}_lora_B0").weight
         return derived(self, route, (self.weight, a, b),
-                       lambda: (self.weight.float() + self.scaling * (b.float() @ a.float())).to(self.weight.dtype))
+                       lambda: (wide(self.weight) + self.scaling * (wide(b) @ wide(a))).to(self.weight.dtype))
 
 
 def derived(module: nn.Module, name: str, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
@@ -199,8 +201,10 @@ class Mamba2Mixer(nn.Module):
         weight = self.conv1d.weight.squeeze(1)
         if fast and kernels().conv1d_fn is not None:
             xbc = kernels().conv1d_fn(xbc.transpose(1, 2), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
-        else:
-            xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :l].transpose(1, 2))
+        else:  # in fp32 and rounded once, as causal-conv1d does
+            conv = F.conv1d(wide(xbc.transpose(1, 2)), wide(self.conv1d.weight), wide(self.conv1d.bias),
+                            padding=self.cfg.d_conv - 1, groups=self.conv_dim)
+            xbc = F.silu(conv[..., :l]).transpose(1, 2).to(u.dtype)
         x, B, C = self._xbc(xbc)
         A = -torch.exp(wide(self.A_log))
         if fast:
@@ -214,28 +218,40 @@ class Mamba2Mixer(nn.Module):
             ssm_state.copy_(final)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def step(self, u: torch.Tensor, route: Route, conv_state, ssm_state) -> torch.Tensor:
-        """One token per sample, u (b, d); updates both states in place."""
-        fast = self.allow_kernels and use_kernels(u.device)
-        z, xbc, dt = self._split(F.linear(u, self.in_proj.merged(route)) if fast else self.in_proj(u, route))
+    def step(self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm, route: Route, conv_state,
+             ssm_state) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per sample through the block: pre-norm (x + residual) then the mixer; x (b, d).
+        Updates both states in place; returns the mixer output and the fp32 residual. Both paths use the
+        route's merged in_proj; on CUDA, small batches run the norms inside the two GEMVs (fused.py)."""
+        fast = self.allow_kernels and use_kernels(x.device)
+        w_in = self.in_proj.merged(route)
+        if fast and fused_available(x, residual):
+            zxbcdt, residual = fused.norm_linear(x, residual, norm.weight, norm.eps, w_in)
+        else:
+            h, residual = add_rms_norm(x, residual, norm, prenorm=True)
+            zxbcdt = F.linear(h, w_in)
+        z, xbc, dt = self._split(zxbcdt)
         weight = self.conv1d.weight.squeeze(1)
-        if fast and kernels().conv1d_update is not None:
+        if fast:
             xbc = kernels().conv1d_update(xbc, conv_state, weight, self.conv1d.bias, "silu")
         else:
             conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
             conv_state[:, :, -1] = xbc
-            xbc = F.silu((conv_state * weight).sum(-1) + self.conv1d.bias).to(u.dtype)
-        x, B, C = self._xbc(xbc)
+            xbc = F.silu((wide(conv_state) * wide(weight)).sum(-1) + wide(self.conv1d.bias)).to(x.dtype)
+        xs, B, C = self._xbc(xbc)
         if fast:
             A = derived(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log.float()))
             p, n = self.cfg.headdim, self.cfg.d_state
             y = kernels().state_update(
-                ssm_state, x, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n), B, C,
+                ssm_state, xs, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n), B, C,
                 self.D[:, None].expand(-1, p), dt_bias=self.dt_bias[:, None].expand(-1, p), dt_softplus=True)
         else:
             dtp = F.softplus(wide(dt) + wide(self.dt_bias))
-            y = ssd_step(ssm_state, x, dtp, -torch.exp(wide(self.A_log)), B, C, self.D)
-        return self.out_proj(self.norm(y.flatten(-2), z))
+            y = ssd_step(ssm_state, xs, dtp, -torch.exp(wide(self.A_log)), B, C, self.D)
+        y = y.flatten(-2)
+        if fast and self.norm.group_size == y.shape[-1] and fused_available(y, z):
+            return fused.gated_norm_linear(y, z, self.norm.weight, self.norm.eps, self.out_proj.weight), residual
+        return self.out_proj(self.norm(y, z)), residual
 
 
 class Block(nn.Module):
@@ -387,9 +403,11 @@ class OmniMamba(nn.Module):
         x = bb.embedding(token) if route == "mmu" else bb.img_embeddings(token)
         return x + bb.position(route, position)
 
+    def head(self, route: Route) -> nn.Linear:
+        return self.lm.lm_head if route == "mmu" else self.lm.img_head
+
     def logits(self, hidden: torch.Tensor, route: Route) -> torch.Tensor:
-        head = self.lm.lm_head if route == "mmu" else self.lm.img_head
-        logits = head(hidden)
+        logits = self.head(route)(hidden)
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     # -- the stack --
@@ -426,11 +444,13 @@ class OmniMamba(nn.Module):
         x = self.token_embeddings(token, state.position, state.route).to(self._dtype())
         residual = None
         for i, layer in enumerate(self.lm.backbone.layers):
-            h, residual = add_rms_norm(x, residual, layer.norm, prenorm=True)
-            x = layer.mixer.step(h, state.route, state.conv[i], state.ssm[i])
-        hidden = add_rms_norm(x, residual, self.lm.backbone.norm_f, prenorm=False)[0]
+            x, residual = layer.mixer.step(x, residual, layer.norm, state.route, state.conv[i], state.ssm[i])
         state.position.add_(1)
-        return self.logits(hidden, state.route)
+        norm_f, head = self.lm.backbone.norm_f, self.head(state.route)
+        if norm_f.fast(x) and fused_available(x, residual):  # final norm inside the head's GEMV
+            logits = fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0]
+            return logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
 
     @torch.inference_mode()
     def step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:

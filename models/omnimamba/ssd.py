@@ -25,9 +25,19 @@ def _heads(t: torch.Tensor, nheads: int) -> torch.Tensor:
 
 def ssd_chunked(x, dt, A, B, C, D, chunk_size: int, initial_state=None):
     """x (b,l,h,p), dt (b,l,h) post-softplus, A (h), B/C (b,l,g,n), D (h).
-    Returns y (b,l,h,p) in x's dtype and the final state (b,h,p,n) in float32 (or float64)."""
+    Returns y (b,l,h,p) in fp32 (fp64 for fp64 inputs) and the final state (b,h,p,n) likewise.
+
+    Arithmetic is fp32, and for half-precision inputs the operands of the three matrix products are
+    rounded to the input dtype where mamba-ssm's kernels round them for their tensor-core dots: the
+    decay- and dt-scaled C.B scores and the dt-scaled B (against x), and the chunk-entering states
+    (against C). So in bf16 this path and the kernels differ by summation order, not by where they round."""
     b, l, h, p = x.shape
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    io = x.dtype
+
+    def operand(t: torch.Tensor) -> torch.Tensor:
+        return t.to(io).to(work) if io in (torch.bfloat16, torch.float16) else t
+
     x, dt, A, D = x.to(work), dt.to(work), A.to(work), D.to(work)
     B, C = _heads(B.to(work), h), _heads(C.to(work), h)
     pad = (-l) % chunk_size
@@ -37,16 +47,15 @@ def ssd_chunked(x, dt, A, B, C, D, chunk_size: int, initial_state=None):
     x, dt, B, C = (t.reshape(b, nc, chunk_size, *t.shape[2:]) for t in (x, dt, B, C))
 
     a = torch.cumsum(dt * A, dim=2)  # (b,c,T,h): log-decay from chunk start through step t
-    xdt = x * dt[..., None]
     # Within a chunk: y_i = sum_{j<=i} C_i.B_j exp(a_i - a_j) dt_j x_j
     seg = a[:, :, :, None, :] - a[:, :, None, :, :]  # (b,c,i,j,h)
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
     decay = torch.exp(seg.masked_fill(~causal[None, None, :, :, None], float("-inf")))
-    scores = torch.einsum("bcihn,bcjhn->bcijh", C, B) * decay
-    y = torch.einsum("bcijh,bcjhp->bcihp", scores, xdt)
+    scores = operand(torch.einsum("bcihn,bcjhn->bcijh", C, B) * decay * dt[:, :, None])
+    y = torch.einsum("bcijh,bcjhp->bcihp", scores, x)
     # Each chunk's own contribution to the state at its end.
     to_end = torch.exp(a[:, :, -1:, :] - a)  # (b,c,T,h)
-    chunk_states = torch.einsum("bcjhn,bcjh,bcjhp->bchpn", B, to_end, xdt)
+    chunk_states = torch.einsum("bcjhn,bcjhp->bchpn", operand(B * (to_end * dt)[..., None]), x)
     # Across chunks: a short recurrence over chunk boundaries.
     state = (torch.zeros(b, h, p, B.shape[-1], dtype=work, device=x.device) if initial_state is None
              else initial_state.to(work))
@@ -55,7 +64,7 @@ def ssd_chunked(x, dt, A, B, C, D, chunk_size: int, initial_state=None):
     for c in range(nc):
         entering.append(state)
         state = state * chunk_decay[:, c, :, None, None] + chunk_states[:, c]
-    entering = torch.stack(entering, dim=1)  # (b,c,h,p,n)
+    entering = operand(torch.stack(entering, dim=1))  # (b,c,h,p,n)
     y = y + torch.einsum("bcihn,bchpn,bcih->bcihp", C, entering, torch.exp(a))
     y = y + x * D[:, None]
     y = y.reshape(b, nc * chunk_size, h, p)[:, :l]
