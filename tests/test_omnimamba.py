@@ -121,6 +121,17 @@ def test_fused_norm_gemv_kernels_equal_the_unfused_ops():
     assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
 
 
+def test_chunked_causal_conv_equals_one_pass_and_the_torch_conv():
+    from models.omnimamba.modeling_omnimamba import causal_conv1d_silu
+
+    g = torch.Generator().manual_seed(6)
+    x, w, b = torch.randn(2, 23, 6, generator=g), torch.randn(6, 1, 4, generator=g), torch.randn(6, generator=g)
+    conv = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, padding=3, groups=6)[..., :23]
+    ref = torch.nn.functional.silu(conv).transpose(1, 2)
+    for chunk in (1, 2, 5, 23, 100):
+        assert (causal_conv1d_silu(x, w, b, chunk=chunk) - ref).abs().max() < 1e-6
+
+
 # --- recurrent decoding --------------------------------------------------------------------------
 def test_mmu_decoding_from_the_state_equals_a_full_forward(model):
     cfg = model.config

@@ -148,6 +148,37 @@ def gemv_sweep() -> dict:
     return result
 
 
+@torch.inference_mode()
+def fused_rows_check() -> dict:
+    """Fused kernels against the unfused ops for every batch size they take (1..MAX_ROWS), bf16, at the
+    decode shapes and the T2I image head: worst relative error per shape."""
+    from . import fused
+    from .ssd import kernels
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    out = {}
+    for name, (n, k, gated) in {"in_proj": (8512, 2048, False), "out_proj": (2048, 4096, True),
+                                "lm_head": (50288, 2048, False), "img_head": (16384, 2048, False)}.items():
+        w = torch.randn(n, k, generator=g, **bf16) * k ** -0.5
+        nw = (torch.rand(k, generator=g, device="cuda") + 0.5).to(torch.bfloat16)
+        worst = 0.0
+        for rows in range(1, fused.MAX_ROWS + 1):
+            x, z = torch.randn(rows, k, generator=g, **bf16), torch.randn(rows, k, generator=g, **bf16)
+            res = torch.randn(rows, k, generator=g, device="cuda")
+            if gated:
+                got = fused.gated_norm_linear(x, z, nw, 1e-5, w)
+                ref = kernels().gated_rms_norm(x, nw, None, z=z, eps=1e-5, group_size=k, norm_before_gate=False)
+            else:
+                got, res_out = fused.norm_linear(x, res, nw, 1e-5, w)
+                ref, res_ref = kernels().add_rms_norm(x, nw, None, residual=res, prenorm=True, residual_in_fp32=True,
+                                                      eps=1e-5, is_rms_norm=True)
+                worst = max(worst, rel_err(res_out, res_ref))
+            worst = max(worst, rel_err(got, torch.nn.functional.linear(ref, w)))
+        out[name] = worst
+    return out
+
+
 def clone_state(state: DecodeState) -> DecodeState:
     return DecodeState([t.clone() for t in state.conv], [t.clone() for t in state.ssm], state.position.clone(),
                        state.route)

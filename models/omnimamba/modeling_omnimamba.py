@@ -127,6 +127,21 @@ def add_rms_norm(x, residual, norm: RMSNorm, prenorm: bool):
     return rms_norm(residual, norm.weight, norm.eps).to(x.dtype), residual
 
 
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """silu(depthwise causal conv) of x (b, l, c), weight (c, 1, k), computed in fp32 and rounded once to
+    x's dtype as causal-conv1d does; in chunks of the sequence so that a 100k-token prefill does not hold
+    fp32 copies of the whole activation."""
+    k = weight.shape[-1]
+    xt = x.transpose(1, 2)
+    out = torch.empty_like(xt)
+    w, b = wide(weight), wide(bias)
+    for start in range(0, xt.shape[-1], chunk):
+        lo = max(0, start - (k - 1))  # the k-1 inputs before the chunk, zeros before the sequence
+        seg = F.pad(wide(xt[..., lo:start + chunk]), (k - 1 - (start - lo), 0))
+        out[..., start:start + chunk] = F.silu(F.conv1d(seg, w, b, groups=xt.shape[1])).to(out.dtype)
+    return out.transpose(1, 2)
+
+
 # --- LoRA input projection -----------------------------------------------------------------------
 class LoRALinear(nn.Linear):
     """The frozen in_proj plus one rank-r branch per task; `route` picks the branch (never both)."""
@@ -201,10 +216,8 @@ class Mamba2Mixer(nn.Module):
         weight = self.conv1d.weight.squeeze(1)
         if fast and kernels().conv1d_fn is not None:
             xbc = kernels().conv1d_fn(xbc.transpose(1, 2), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
-        else:  # in fp32 and rounded once, as causal-conv1d does
-            conv = F.conv1d(wide(xbc.transpose(1, 2)), wide(self.conv1d.weight), wide(self.conv1d.bias),
-                            padding=self.cfg.d_conv - 1, groups=self.conv_dim)
-            xbc = F.silu(conv[..., :l]).transpose(1, 2).to(u.dtype)
+        else:
+            xbc = causal_conv1d_silu(xbc, self.conv1d.weight, self.conv1d.bias)
         x, B, C = self._xbc(xbc)
         A = -torch.exp(wide(self.A_log))
         if fast:
