@@ -404,3 +404,11 @@ def test_speed_sweep_api_prefill_then_decode_step(adapter):
     full = m.logits(m(m.with_mmu_positions(m.text_embeddings(torch.cat([ids, nxt[:, None]], 1))), "mmu"), "mmu")
     assert torch.allclose(logits, full[:, -1], atol=1e-4)
     assert int(state.position) == 31
+
+
+def test_modes_pick_the_decode_path(adapter):
+    # best: CUDA-graph steps with the norms fused into the GEMVs; as_published: upstream's eager ops.
+    assert adapter.model.use_cuda_graphs and adapter.model.use_fused_decode
+    eager = OmniMambaAdapter(preset="tiny", mode="as_published")
+    assert not eager.model.use_cuda_graphs and not eager.model.use_fused_decode
+    assert OmniMambaAdapter(preset="tiny", fused_decode="false").model.use_fused_decode is False

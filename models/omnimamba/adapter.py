@@ -2,10 +2,12 @@
 
 model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba), `preset=tiny` (random
 tiny model for tests) or `preset=full` (full size, random weights: speed and memory only); `mode=best`
-(CUDA-graph decode steps, default) or `mode=as_published` (eager decode steps);
+(CUDA-graph decode steps with the norms fused into the GEMVs, default) or `mode=as_published` (eager
+decode steps on mamba-ssm's ops);
 T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
 top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
-"A picture"); `cuda_graphs=false` to decode eagerly on GPU.
+"A picture"); `cuda_graphs=false` to decode eagerly on GPU, `fused_decode=false` for mamba-ssm's
+separate norm kernels in decode steps.
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class OmniMambaAdapter(ModelAdapter):
         # best: decode steps captured in CUDA graphs; as_published: upstream's eager step loop.
         default_graphs = "true" if self.mode == "best" else "false"
         self.model.use_cuda_graphs = str(model_args.get("cuda_graphs", default_graphs)).lower() != "false"
+        # best also folds the RMSNorms into the decode GEMVs (fused.py); as_published keeps upstream's ops.
+        self.model.use_fused_decode = str(model_args.get("fused_decode", default_graphs)).lower() != "false"
         self.temperature = float(model_args.get("temperature", 1.0))
         self.top_k = int(model_args.get("top_k", 1))
         self.cfg_scale = float(model_args.get("cfg_scale", 1.0))

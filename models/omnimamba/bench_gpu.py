@@ -340,10 +340,8 @@ def main() -> None:
         result["latency"].append(row)
         print(json.dumps(row), flush=True)
     if args.unfused_baseline:
-        from . import modeling_omnimamba
-
         model._graphs.clear()
-        modeling_omnimamba.fused_available = lambda *rows: False
+        model.use_fused_decode = False
         row = decode_latency(model, int(args.contexts.split(",")[0]))
         row["vs_floor"] = row["decode_ms_per_token"] / result["weight_read_floor_ms"]
         result["latency_unfused"] = row

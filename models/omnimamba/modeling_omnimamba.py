@@ -232,13 +232,15 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2), z))
 
     def step(self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm, route: Route, conv_state,
-             ssm_state) -> tuple[torch.Tensor, torch.Tensor]:
+             ssm_state, fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per sample through the block: pre-norm (x + residual) then the mixer; x (b, d).
         Updates both states in place; returns the mixer output and the fp32 residual. Both paths use the
-        route's merged in_proj; on CUDA, small batches run the norms inside the two GEMVs (fused.py)."""
+        route's merged in_proj; on CUDA with `fuse`, small batches run the norms inside the two GEMVs
+        (fused.py)."""
         fast = self.allow_kernels and use_kernels(x.device)
+        fuse = fuse and fast
         w_in = self.in_proj.merged(route)
-        if fast and fused_available(x, residual):
+        if fuse and fused_available(x, residual):
             zxbcdt, residual = fused.norm_linear(x, residual, norm.weight, norm.eps, w_in)
         else:
             h, residual = add_rms_norm(x, residual, norm, prenorm=True)
@@ -262,7 +264,7 @@ class Mamba2Mixer(nn.Module):
             dtp = F.softplus(wide(dt) + wide(self.dt_bias))
             y = ssd_step(ssm_state, xs, dtp, -torch.exp(wide(self.A_log)), B, C, self.D)
         y = y.flatten(-2)
-        if fast and self.norm.group_size == y.shape[-1] and fused_available(y, z):
+        if fuse and self.norm.group_size == y.shape[-1] and fused_available(y, z):
             return fused.gated_norm_linear(y, z, self.norm.weight, self.norm.eps, self.out_proj.weight), residual
         return self.out_proj(self.norm(y, z)), residual
 
@@ -376,6 +378,7 @@ class OmniMamba(nn.Module):
         self.llm_backbone = LLMBackbone(cfg)
         self._graphs: dict[tuple[Route, int], _GraphedStep] = {}
         self.use_cuda_graphs = True
+        self.use_fused_decode = True  # fused.py's norm+GEMV kernels in decode steps (CUDA, batch <= 8)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half() replace the parameters that captured graphs read: drop the graphs.
@@ -457,10 +460,11 @@ class OmniMamba(nn.Module):
         x = self.token_embeddings(token, state.position, state.route).to(self._dtype())
         residual = None
         for i, layer in enumerate(self.lm.backbone.layers):
-            x, residual = layer.mixer.step(x, residual, layer.norm, state.route, state.conv[i], state.ssm[i])
+            x, residual = layer.mixer.step(x, residual, layer.norm, state.route, state.conv[i], state.ssm[i],
+                                           self.use_fused_decode)
         state.position.add_(1)
         norm_f, head = self.lm.backbone.norm_f, self.head(state.route)
-        if norm_f.fast(x) and fused_available(x, residual):  # final norm inside the head's GEMV
+        if self.use_fused_decode and norm_f.fast(x) and fused_available(x, residual):  # norm inside the head GEMV
             logits = fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0]
             return logits.to(torch.promote_types(logits.dtype, torch.float32))
         return self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
