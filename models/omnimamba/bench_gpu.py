@@ -199,13 +199,23 @@ def forced_logits(model: OmniMamba, embeds, tokens: list[int], kernels: bool, st
 
 
 @torch.inference_mode()
-def greedy(model: OmniMamba, embeds, steps: int, kernels: bool) -> list[int]:
+def greedy(model: OmniMamba, embeds, steps: int, kernels: bool, gaps: list | None = None) -> list[int]:
+    """Greedy tokens; `gaps` (if given) receives each step's top-1 minus top-2 logit."""
     model.set_kernels(kernels)
     state, logits = model.prefill(embeds, "mmu")
-    tokens = [int(logits.argmax(-1))]
-    for _ in range(steps - 1):
-        tokens.append(int(model.step(state, torch.tensor(tokens[-1:], device="cuda")).argmax(-1)))
+    tokens = []
+    for _ in range(steps):
+        top = logits[0].topk(2).values
+        if gaps is not None:
+            gaps.append(float(top[0] - top[1]))
+        tokens.append(int(logits.argmax(-1)))
+        if len(tokens) < steps:
+            logits = model.step(state, torch.tensor(tokens[-1:], device="cuda"))
     return tokens
+
+
+def divergence(a: list[int], b: list[int]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
 def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -236,13 +246,15 @@ def summation_order_floor(model: OmniMamba, embeds, tokens: list[int]) -> dict:
     from . import modeling_omnimamba
 
     ref = forced_logits(model, embeds, tokens, kernels=False)
+    plain = greedy(model, embeds, len(tokens), kernels=False)
     saved = modeling_omnimamba.F
     modeling_omnimamba.F = _ReorderedF()
     try:
         other = forced_logits(model, embeds, tokens, kernels=False)
+        reordered = greedy(model, embeds, len(tokens), kernels=False)
     finally:
         modeling_omnimamba.F = saved
-    return compare(other, ref)
+    return {**compare(other, ref), "greedy_first_divergence": divergence(plain, reordered)}
 
 
 @torch.inference_mode()
@@ -270,10 +282,15 @@ def agreement(model: OmniMamba, prompt_len: int, steps: int) -> dict:
         torch.cat([ref[:1], forced_logits(model, None, ref_tokens, True, start)]),
         torch.cat([ref[:1], forced_logits(model, None, ref_tokens, False, start)]))
     out["bf16_torch_vs_torch_in_proj_summed_in_halves"] = summation_order_floor(model, embeds, ref_tokens)
-    gk, gt = greedy(model, embeds, steps, True), greedy(model, embeds, steps, False)
+    gaps_k, gaps_t = [], []
+    gk, gt = greedy(model, embeds, steps, True, gaps_k), greedy(model, embeds, steps, False, gaps_t)
+    first = divergence(gk, gt)
+    out["bf16_top2_logit_gap_median"] = sorted(gaps_t)[len(gaps_t) // 2]
+    if first is not None:  # how close to a tie the step was where the two paths chose differently
+        out["bf16_top2_logit_gap_at_divergence"] = {"kernels": gaps_k[first], "torch": gaps_t[first]}
     out["bf16_greedy_tokens_kernels"], out["bf16_greedy_tokens_torch"] = gk, gt
     out["bf16_same_greedy_tokens"] = gk == gt
-    out["bf16_first_divergence"] = None if gk == gt else next(i for i, (a, b) in enumerate(zip(gk, gt)) if a != b)
+    out["bf16_first_divergence"] = first
     model.set_kernels(True)
     return out
 
