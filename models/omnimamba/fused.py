@@ -1,4 +1,4 @@
-"""Decode-step GEMVs with the neighbouring RMSNorm folded in: two Triton kernels per Mamba-2 layer.
+"""Decode-step GEMVs with the neighbouring RMSNorm folded in: one Triton kernel, two uses per layer.
 
 At batch 1 a decode step is a chain of matrix-vector products whose weights are read once from HBM;
 between them sit normalisations over one row, each its own ~2 us launch. Here each program of the GEMV
@@ -12,8 +12,8 @@ normalises the (short) input row itself, so a layer's step is in_proj, conv, sta
 Both round h where the separate norm kernels round their output and accumulate in fp32, so they compute
 what the unfused ops (mamba-ssm's `layer_norm_fn` / `rmsnorm_fn`, then cuBLAS) compute, to fp32
 summation order. The model's own unfused ops are the reference and the path on CPU, for batches larger
-than `MAX_ROWS`, and for grouped norms. Block sizes were picked on an H100
-with the weights cold in L2 (bench_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
+than `MAX_ROWS`, and for grouped norms. Block sizes were picked on an H100 with the weights cold in L2
+(bench_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
 """
 from __future__ import annotations
 
