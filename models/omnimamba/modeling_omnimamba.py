@@ -423,8 +423,7 @@ class OmniMamba(nn.Module):
         return self.lm.lm_head if route == "mmu" else self.lm.img_head
 
     def logits(self, hidden: torch.Tensor, route: Route) -> torch.Tensor:
-        logits = self.head(route)(hidden)
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return wide(self.head(route)(hidden))
 
     # -- the stack --
     def forward(self, embeds: torch.Tensor, route: Route, state: DecodeState | None = None) -> torch.Tensor:
@@ -465,8 +464,7 @@ class OmniMamba(nn.Module):
         state.position.add_(1)
         norm_f, head = self.lm.backbone.norm_f, self.head(state.route)
         if self.use_fused_decode and norm_f.fast(x) and fused_available(x, residual):  # norm inside the head GEMV
-            logits = fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0]
-            return logits.to(torch.promote_types(logits.dtype, torch.float32))
+            return wide(fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0])
         return self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
 
     @torch.inference_mode()
