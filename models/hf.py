@@ -8,10 +8,11 @@ through the same `from_pretrained` path. Its answers are noise: it exists to run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omnibench.data import build_once, cache_root
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+from omnibench.args import Arg
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
 
 TINY_VERSION = "1"
 _CHAT_TEMPLATE = (
@@ -68,14 +69,18 @@ def resolve_tiny() -> Path:
 
 class HFAdapter(ModelAdapter):
     name = "hf"
+    ARGS = (
+        Arg("pretrained", str, None, "an image-text-to-text checkpoint: hub id or local folder"),
+        Arg("preset", str, None, "tiny: a tiny random-weight LLaVA (tests)", ("tiny",)),
+    )
 
-    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        preset = self.arg_choice("preset", (None, "tiny"))
-        source = str(resolve_tiny()) if preset == "tiny" else model_args.get("pretrained")
+        preset = self.args["preset"]
+        source = str(resolve_tiny()) if preset == "tiny" else self.args["pretrained"]
         if not source:
             raise OmnibenchError("model hf needs --model_args pretrained=<hub id or local dir> (or preset=tiny)")
         torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -108,3 +113,7 @@ class HFAdapter(ModelAdapter):
             out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @classmethod
+    def weights_warning(cls, args: dict[str, Any]) -> str | None:
+        return random_weights_warning(args["preset"])

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from omnibench.config import RunConfig, parse_kv, parse_limit
 from omnibench.protocol import OmnibenchError
 
+VERBOSITY = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_eval.py", description="Evaluate a unified multimodal model.")
-    p.add_argument("--model", required=True, help="model adapter name (e.g. omnimamba, hf)")
-    p.add_argument("--model_args", default="", help="k=v,... e.g. pretrained=<hub id or local dir> or preset=tiny")
+    p.add_argument("--model", default=None, help="model adapter name (e.g. omnimamba, hf; see --tasks list)")
+    p.add_argument("--model_args", default="", help="k=v,... e.g. pretrained=<hub id or local dir> or preset=tiny; "
+                   "'help' lists the model's arguments")
     p.add_argument("--tasks", required=True, help="comma list of tasks, or 'list' to print the registry")
-    p.add_argument("--task_args", default="", help="k=v,... for every task, or <task>.k=v for one "
-                   "(data_dir=<local copy>, split=..., sample=true for the built-in offline sample)")
+    p.add_argument("--task_args", default="", help="k=v,... for every task that takes k, or <task>.k=v for one "
+                   "(data_dir=<local copy>, split=..., sample=true for the built-in offline sample); "
+                   "'help' lists the tasks' arguments")
     p.add_argument("--limit", default=None, help="first N samples of each task, or a fraction in (0, 1)")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -23,29 +28,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_path", default="results", help="folder for <model>_<config hash>/ run folders")
     p.add_argument("--log_samples", action="store_true", help="write samples_<task>.jsonl")
     p.add_argument("--resume", action="store_true", help="continue a run: finished samples are not re-run")
-    p.add_argument("--overwrite", action="store_true", help="discard a previous run of the same config")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous run of the same config "
+                   "(once the new one has loaded its model)")
+    p.add_argument("--verbosity", default="INFO", type=str.upper, choices=VERBOSITY,
+                   help="log level; DEBUG also shows the traceback of an error")
     return p
 
 
 def parse_config(argv: list[str]) -> RunConfig | None:
-    from omnibench.registry import model_names, task_names
+    """The run configuration, or None when the command only prints (`--tasks list`, `help`)."""
+    from omnibench.args import help_text
+    from omnibench.registry import get_model_class, get_task_class, model_names, task_names
 
     args = build_parser().parse_args(argv)
     if args.tasks == "list":
         print("tasks: " + ", ".join(task_names()))
         print("models: " + ", ".join(model_names()))
         return None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.task_args.strip() == "help":
+        for name in tasks:
+            print(help_text(f"task {name}", get_task_class(name).ARGS, "--task_args"))
+        return None
+    if args.model is None:
+        raise OmnibenchError("--model is required (see --tasks list for the known models)")
+    if args.model_args.strip() == "help":
+        print(help_text(f"model {args.model}", get_model_class(args.model).ARGS, "--model_args"))
+        return None
     if args.batch_size < 1:
         raise OmnibenchError(f"--batch_size {args.batch_size} must be at least 1")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise OmnibenchError("--tasks is empty: give a comma list of tasks (see --tasks list)")
     if args.resume and args.overwrite:
         raise OmnibenchError("--resume and --overwrite contradict each other: pick one")
-    device = args.device
-    if device is None:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device(args.device)
     return RunConfig(model=args.model, model_args=parse_kv(args.model_args, "--model_args"), tasks=tasks,
                      task_args=parse_kv(args.task_args, "--task_args"), limit=parse_limit(args.limit),
                      batch_size=args.batch_size, device=device, dtype=args.dtype, seed=args.seed,
@@ -53,24 +69,55 @@ def parse_config(argv: list[str]) -> RunConfig | None:
                      overwrite=args.overwrite)
 
 
+def check_device(device: str | None) -> str:
+    """`--device` as torch will take it: cpu, cuda or cuda:N (default: cuda if a GPU is visible)."""
+    import re
+
+    import torch
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise OmnibenchError(f"--device {device} is not supported: use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OmnibenchError(f"--device {device} but torch sees no CUDA GPU: use --device cpu, or install "
+                                 f"a CUDA build of torch on a machine with a GPU")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise OmnibenchError(f"--device {device} but torch sees {torch.cuda.device_count()} GPU(s): "
+                                 f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     from omnibench.runner import Runner
 
     argv = sys.argv[1:] if argv is None else argv
+    debug = "DEBUG" in [a.upper() for a in argv[argv.index("--verbosity") + 1:][:1]] if "--verbosity" in argv else False
     try:
         cfg = parse_config(argv)
         if cfg is None:
             return 0
+        logging.basicConfig(format="%(message)s", level=getattr(logging, build_parser().parse_args(argv).verbosity))
         cfg.argv = ["run_eval.py", *argv]
         out = Runner(cfg).run()
     except OmnibenchError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an input nothing checked: one line, the traceback on request
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first} (unexpected; --verbosity DEBUG shows the traceback)",
+              file=sys.stderr)
+        return 1
     if out is not None:
-        from omnibench.runner import run_dir
-        folder = run_dir(cfg, out["config_hash"])
         for task, metrics in out["results"].items():
             head = out["headline"][task]
             print(f"{task}: {head['metric']} = {metrics.get(head['metric'])}  ({out['n_samples'][task]})")
-        print(f"results: {folder / 'results.json'}\nreport:  {folder / 'report.md'}")
+        for warning in out["warnings"]:
+            print(f"warning: {warning}")
+        print(f"results: {out['output_dir']}/results.json\nreport:  {out['output_dir']}/report.md")
     return 0

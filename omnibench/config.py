@@ -30,6 +30,25 @@ def scoped_args(name: str, args: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def task_args_for(tasks: list[str], args: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each task's own `--task_args`: `<task>.key=v` for that task, `key=v` for every listed task that
+    declares `key`. A key no listed task takes, or a prefix naming a task not listed, fails here."""
+    from omnibench.registry import get_task_class
+
+    declared = {name: {a.name for a in get_task_class(name).ARGS} for name in tasks}
+    for key in args:
+        scope, dot, bare = key.rpartition(".")
+        if dot and scope not in declared:
+            raise OmnibenchError(f"--task_args {key}: task '{scope}' is not in --tasks ({', '.join(tasks)})")
+        if not dot and not any(key in names for names in declared.values()):
+            known = sorted(set().union(*declared.values()))
+            raise OmnibenchError(f"unknown --task_args key '{key}': no task of {', '.join(tasks)} takes it "
+                                 f"(known: {', '.join(known)}; see --task_args help)")
+    return {name: {**{k: v for k, v in args.items() if "." not in k and k in declared[name]},
+                   **{k.split(".", 1)[1]: v for k, v in args.items() if k.startswith(name + ".")}}
+            for name in tasks}
+
+
 def parse_limit(text: str | None) -> float | None:
     """lmms-eval's --limit: a positive count, or a fraction in (0, 1) of each task."""
     if text is None:

@@ -7,11 +7,12 @@ import io
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from omnibench.protocol import OmnibenchError
+from omnibench.args import Arg
+from omnibench.protocol import Docs, OmnibenchError
 
 
 def cache_root() -> Path:
@@ -133,13 +134,28 @@ def features_from(spec: dict[str, Any]):
                               else f for col, f in spec.items()})
 
 
-def task_split(task_args: dict[str, str], hub_id: str, split: str, sample_name: str,
+def source_args(split: str, splits: tuple[str, ...] | None = None) -> tuple[Arg, ...]:
+    """The `--task_args` every dataset-backed task takes: which split, and where it is read from."""
+    return (Arg("split", str, split, "dataset split", splits),
+            Arg("data_dir", str, None, "a local copy of the hub dataset (parquet files in its layout)"),
+            Arg("sample", bool, False, "the built-in offline sample: a few rows in the hub schema, drawn images"))
+
+
+def lazy_docs(ds, id_columns: Sequence[str], doc_id: Callable[[dict[str, Any]], str]) -> Docs:
+    """Docs over a `datasets` split: ids from the id columns alone (no image bytes are read), each row
+    read from the memory-mapped split when the runner asks for it."""
+    columns = ds.select_columns(list(id_columns)).to_dict()
+    ids = [doc_id(dict(zip(columns, values))) for values in zip(*columns.values())]
+    return Docs(ids, ds.__getitem__)
+
+
+def task_split(task_args: dict[str, Any], hub_id: str, split: str, sample_name: str,
                sample_rows: SampleBuilder, sample_features: dict[str, Any], config: str | None = None,
                image_columns: tuple[str, ...] = ("image",)):
     """The split a task evaluates, and where it came from: the built-in sample (`sample=true`, rows in
     the hub schema written as parquet), a local copy (`data_dir=`), or the hub id. Returns (ds, source)."""
     data_dir = task_args.get("data_dir")
-    if task_args.get("sample", "false").lower() in ("true", "1", "yes"):
+    if task_args.get("sample"):
         data_dir = write_sample(sample_name, sample_rows(), split, features_from(sample_features))
     ds = load_split(hub_id, split, config=config, data_dir=data_dir, image_columns=image_columns)
     return ds, data_dir or hub_id

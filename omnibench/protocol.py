@@ -5,9 +5,12 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence, overload
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from omnibench.args import Arg
 
 
 class OmnibenchError(Exception):
@@ -34,30 +37,63 @@ class Doc:
     row: dict[str, Any]
 
 
+class Docs(Sequence[Doc]):
+    """The rows a task evaluates, in a fixed order: every id up front (a column read, cheap), each row
+    read only when asked for, so a rank holds its current batch and not the split (memory stays flat in
+    the dataset's size)."""
+
+    def __init__(self, ids: Sequence[str], row: Callable[[int], dict[str, Any]]) -> None:
+        self.ids = [str(i) for i in ids]
+        self._row = row
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], doc_id: Callable[[dict[str, Any]], str]) -> "Docs":
+        """Rows already in memory (small splits: prompt lists, built-in samples)."""
+        return cls([doc_id(r) for r in rows], rows.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> Doc: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Doc]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return Doc(self.ids[i], self._row(i))
+
+
 class Task(abc.ABC):
     """A benchmark: rows -> requests -> per-sample records -> aggregate metrics.
 
-    Subclasses set `name`, `output_type`, and implement the abstract methods. `task_args` come from
-    `--task_args k=v,...` (e.g. `data_dir=...`, `split=...`, `sample=true`).
+    Subclasses set `name`, `output_type`, declare their `--task_args` in `ARGS`, and implement the
+    abstract methods. `self.args` holds every declared argument, parsed, defaults filled in.
     """
+
+    ARGS: tuple["Arg", ...] = ()
 
     name: str = ""
     output_type: Literal["text", "image"] = "text"
-    # The paper's table (a file in reports/paper/) and column this task fills this task fills (e.g. "POPE") and the metric key it reads.
+    # The paper's table (a file in reports/paper/), the column this task fills (e.g. "POPE") and the metric key it reads.
     paper_table: str = "table1_understanding"
     paper_column: str = ""
     paper_metric: str = ""
     # Factor from the metric to the paper's printed unit: 100 for a fraction shown as a percentage.
     paper_scale: float = 100.0
 
-    def __init__(self, **task_args: str) -> None:
-        self.task_args = dict(task_args)
+    def __init__(self, **task_args: Any) -> None:
+        from omnibench.args import resolve
+        self.args: dict[str, Any] = resolve(f"task {self.name}", self.ARGS, task_args, "--task_args")
         # Set by the runner before generation: this run's folder. Image outputs are paths relative to it.
         self.run_dir: Path | None = None
 
     @abc.abstractmethod
-    def docs(self) -> Sequence[Doc]:
-        """All rows of the evaluated split, in a fixed order, each with a unique stable id."""
+    def docs(self) -> Docs:
+        """All rows of the evaluated split, in a fixed order, each with a unique stable id, read lazily."""
 
     def fingerprint(self) -> dict[str, Any]:
         """Identifies the data evaluated (source, split, content hash); stored in the manifest."""
@@ -84,32 +120,51 @@ class Task(abc.ABC):
 
 
 class ModelAdapter(abc.ABC):
-    """A model behind the engine. `model_args` come from `--model_args k=v,...`."""
+    """A model behind the engine. It declares its `--model_args` in `ARGS`; `self.args` holds every one
+    of them, parsed, defaults filled in."""
 
     name: str = ""
+    ARGS: tuple["Arg", ...] = ()
 
-    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         self.device = device
         self.dtype = dtype
-        self.model_args = dict(model_args)
+        self.args: dict[str, Any] = self.resolve_args(model_args)
 
-    def arg_choice(self, key: str, known: Sequence[str | None], default: str | None = None) -> str | None:
-        """`model_args[key]` (or `default`), which must be one of `known` (None: the argument may be absent)."""
-        value = self.model_args.get(key, default)
-        if value not in known:
-            names = ", ".join(k for k in known if k is not None)
-            raise OmnibenchError(f"unknown {key} '{value}' for model {self.name} (known: {names})")
-        return value
+    @classmethod
+    def resolve_args(cls, model_args: dict[str, Any]) -> dict[str, Any]:
+        """The declared arguments, parsed and completed with defaults; an unknown key or a bad value is
+        a one-line error naming the known ones."""
+        from omnibench.args import resolve
+        return resolve(f"model {cls.name}", cls.ARGS, model_args, "--model_args")
+
+    @classmethod
+    def resolved_config(cls, dtype: str, model_args: dict[str, Any]) -> dict[str, Any]:
+        """Everything that changes this model's outputs, known before it is built: the run's identity
+        (hashed into the run folder's name) is taken from this, so it holds every default."""
+        return {"model": cls.name, "dtype": dtype, **cls.resolve_args(model_args)}
 
     def config(self) -> dict[str, Any]:
-        """Everything that changes outputs; hashed into the cache key."""
-        return {"model": self.name, "dtype": self.dtype, **self.model_args}
+        return {"model": self.name, "dtype": self.dtype, **self.args}
+
+    @classmethod
+    def weights_warning(cls, args: dict[str, Any]) -> str | None:
+        """A line for reports when these arguments give a model whose scores mean nothing about the
+        published model (random weights); None for a real checkpoint."""
+        return None
 
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
         raise OmnibenchError(f"model '{self.name}' does not answer understanding tasks")
 
     def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
         raise OmnibenchError(f"model '{self.name}' does not generate images")
+
+
+def random_weights_warning(preset: str | None) -> str | None:
+    """The report line of a model built from a preset (random weights) instead of a checkpoint."""
+    if preset is None:
+        return None
+    return f"random weights (preset={preset}): these scores measure the pipeline, not the published model"
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

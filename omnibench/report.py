@@ -59,11 +59,13 @@ def paper_layout_table(table: str, measured: dict[str, float], label: str) -> st
 
 def render_report(results: dict[str, Any]) -> str:
     manifest = results["manifest"]
-    label = f"{results['model']} (omnibench, measured)"
+    label = f"{results['model']} (omnibench, measured{', see warnings' if results.get('warnings') else ''})"
     parts = [f"# omnibench report: {results['model']}\n",
              f"Command: `{manifest['command']}`  \nConfig hash: `{results['config_hash']}`  \n"
              f"Git: `{manifest['git'].get('commit')}`{' (dirty)' if manifest['git'].get('dirty') else ''}  \n"
              f"Created: {manifest['created_utc']}\n"]
+    if results.get("warnings"):
+        parts.append("**Read before comparing:**\n\n" + "".join(f"- **{w}**\n" for w in results["warnings"]))
     for table, measured in measured_rows(results).items():
         parts.append(f"## {table}\n\n{paper_layout_table(table, measured, label)}")
     parts.append("## All metrics\n")

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omnibench import data
-from omnibench.protocol import Doc, OmnibenchError, Request, Task
+from omnibench.args import Arg
+from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
 from tasks import fid
 
 HUB_ID = "lmms-lab/COCO-Caption"
@@ -148,30 +149,44 @@ class CocoFid(Task):
     paper_column = "FID-30K"
     paper_metric = "fid"
     paper_scale = 1.0
+    ARGS = (
+        Arg("captions", str, None, "the official captions_val2014.json (with images=)"),
+        Arg("images", str, None, "the val2014 image folder (with captions=)"),
+        Arg("data_dir", str, None, "a local copy of the hub dataset of COCO val2014 captions and images"),
+        Arg("sample", bool, False, "the built-in offline sample: a few captions and drawn images"),
+        Arg("num_prompts", int, 30000, "captions drawn (one per image at most)"),
+        Arg("prompt_seed", int, 0, "seed of the caption draw"),
+        Arg("reference", str, "all", "reference images: all of val2014, or those of the drawn captions", REFERENCES),
+        Arg("ref_size", int, 256, "side in pixels the reference and generated images are brought to"),
+        Arg("inception", str, None, "local Inception weights file (default: the bundled or cached one)"),
+        Arg("fid_device", str, None, "device for Inception features (default: cuda if available)"),
+        Arg("fid_batch_size", int, 64, "Inception batch size"),
+        Arg("fid_workers", int, None, "image-loading workers (default: min(8, CPU count))"),
+    )
 
-    def __init__(self, **task_args: str) -> None:
+    def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
-        self.num_prompts = int(task_args.get("num_prompts", 30000))
-        self.prompt_seed = int(task_args.get("prompt_seed", 0))
-        self.reference = task_args.get("reference", "all")
-        if self.reference not in REFERENCES:
-            raise OmnibenchError(f"reference={self.reference} is not one of {', '.join(REFERENCES)}")
-        self.ref_size = int(task_args.get("ref_size", 256))
-        if task_args.get("captions"):
-            self.coco = load_captions_json(task_args["captions"], task_args.get("images"))
-        elif task_args.get("sample", "false").lower() in ("true", "1", "yes"):
+        args = self.args
+        self.num_prompts, self.prompt_seed = args["num_prompts"], args["prompt_seed"]
+        if self.num_prompts < 1:
+            raise OmnibenchError(f"num_prompts={self.num_prompts} selects nothing: give a positive count")
+        self.reference, self.ref_size = args["reference"], args["ref_size"]
+        if args["captions"]:
+            self.coco = load_captions_json(args["captions"], args["images"])
+        elif args["sample"]:
             self.coco = load_captions_json(*write_sample())
         else:
-            self.coco = load_hub(task_args.get("data_dir"))
+            self.coco = load_hub(args["data_dir"])
         self.pairs = sample_prompts(self.coco.captions, self.num_prompts, self.prompt_seed)
 
-    def docs(self) -> Sequence[Doc]:
-        return [Doc(f"{i}_{k}", {"image_id": i, "caption_index": k, "caption": self.coco.captions[i][k]})
-                for i, k in self.pairs]
+    def docs(self) -> Docs:
+        return Docs([f"{i}_{k}" for i, k in self.pairs], lambda n: {
+            "image_id": self.pairs[n][0], "caption_index": self.pairs[n][1],
+            "caption": self.coco.captions[self.pairs[n][0]][self.pairs[n][1]]})
 
     def fingerprint(self) -> dict[str, Any]:
-        ids = "\n".join(d.doc_id for d in self.docs())
-        weights = fid.inception_path(self.task_args.get("inception"), download=False)
+        ids = "\n".join(self.docs().ids)
+        weights = fid.inception_path(self.args["inception"], download=False)
         return {"source": self.coco.source, "split": "val2014", "num_rows": len(self.coco.captions),
                 **self.coco.identity, "num_prompts": len(self.pairs), "prompt_seed": self.prompt_seed,
                 "prompt_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(), **fid.library_info(),
@@ -190,13 +205,14 @@ class CocoFid(Task):
         import torch
 
         fid.require()
-        device = self.task_args.get("fid_device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        opts = {"size": self.ref_size, "device": device, "batch_size": int(self.task_args.get("fid_batch_size", 64)),
-                "workers": int(self.task_args.get("fid_workers", min(8, os.cpu_count() or 1)))}
+        args = self.args
+        device = args["fid_device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+        opts = {"size": self.ref_size, "device": device, "batch_size": args["fid_batch_size"],
+                "workers": args["fid_workers"] or min(8, os.cpu_count() or 1)}
         done = [r for r in records if r["image"]]
         if self.run_dir is None:
             raise OmnibenchError("coco_fid30k: run folder unknown, so the generated images cannot be found")
-        weights = fid.inception_path(self.task_args.get("inception"))
+        weights = fid.inception_path(args["inception"])
         model = fid.load_inception(weights, device)
         ref_ids = sorted(self.coco.captions) if self.reference == "all" else sorted({r["image_id"] for r in records})
         key = {"reference": "coco_val2014", **self.coco.identity, "image_ids_sha256": hashlib.sha256(

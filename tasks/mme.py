@@ -26,7 +26,7 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from omnibench import data
-from omnibench.protocol import Doc, Request, Task
+from omnibench.protocol import Doc, Docs, Request, Task
 from tasks.common import SHORT_ANSWER
 
 HUB_ID = "lmms-lab/MME"
@@ -111,23 +111,24 @@ class Mme(Task):
     paper_column = "MME-P"
     paper_metric = "mme_perception"
     paper_scale = 1.0  # MME scores are points (max 2000), printed as is
+    ARGS = data.source_args("test")
 
-    def __init__(self, **task_args: str) -> None:
+    def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
-        self.split = task_args.get("split", "test")
-        self.ds, self.source = data.task_split(task_args, HUB_ID, self.split, "mme", sample_rows, {
+        self.split = self.args["split"]
+        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "mme", sample_rows, {
             "question_id": "string", "question": "string", "answer": "string", "category": "string",
             "image": "image"})
 
-    def docs(self) -> Sequence[Doc]:
+    def docs(self) -> Docs:
         # question_id repeats for the two questions of an image: number them in dataset order.
         seen: dict[str, int] = defaultdict(int)
-        out = []
-        for row in self.ds:
+
+        def doc_id(row: dict[str, Any]) -> str:
             key = image_key(row)
-            out.append(Doc(f"{key}/{seen[key]}", row))
             seen[key] += 1
-        return out
+            return f"{key}/{seen[key] - 1}"
+        return data.lazy_docs(self.ds, ("question_id", "category"), doc_id)
 
     def fingerprint(self) -> dict[str, Any]:
         return data.fingerprint(self.ds, self.source, self.split)

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omnibench import data
-from omnibench.protocol import Doc, OmnibenchError, Request, Task
+from omnibench.args import Arg
+from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
 
 HUB_ID = "MMMU/MMMU"
 IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
@@ -315,15 +316,17 @@ class MMMU(Task):
     name = "mmmu"
     paper_column = "MMMU"
     paper_metric = "mmmu_accuracy"
+    ARGS = (*data.source_args("validation", ("dev", "validation", "test")),
+            Arg("subjects", str, None, "'+'-separated subjects (hub config or official short names); default all 30"))
 
-    def __init__(self, **task_args: str) -> None:
+    def __init__(self, **task_args: Any) -> None:
         import datasets
 
         super().__init__(**task_args)
-        self.split = task_args.get("split", "validation")
-        sample = task_args.get("sample", "false").lower() == "true"
-        self.subjects = parse_subjects(task_args.get("subjects") or ("+".join(SAMPLE_SUBJECTS) if sample else None))
-        data_dir = task_args.get("data_dir")
+        self.split = self.args["split"]
+        sample = self.args["sample"]
+        self.subjects = parse_subjects(self.args["subjects"] or ("+".join(SAMPLE_SUBJECTS) if sample else None))
+        data_dir = self.args["data_dir"]
         parts = []
         if sample:
             missing = [s for s in self.subjects if s not in SAMPLE_SUBJECTS]
@@ -342,8 +345,8 @@ class MMMU(Task):
             self.source = data_dir or HUB_ID
         self.ds = datasets.concatenate_datasets(parts)
 
-    def docs(self) -> Sequence[Doc]:
-        return [Doc(row["id"], row) for row in self.ds]
+    def docs(self) -> Docs:
+        return data.lazy_docs(self.ds, ("id",), lambda row: row["id"])
 
     def fingerprint(self) -> dict[str, Any]:
         chosen = None if self.subjects == list(SUBJECTS) else "+".join(self.subjects)

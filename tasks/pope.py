@@ -86,11 +86,13 @@ class Pope(SingleImageQA):
     name = "pope"
     paper_column = "POPE"
     paper_metric = "pope_f1"
+    ARGS = data.source_args("test")
+    id_columns = ("category", "question_id")
 
-    def __init__(self, **task_args: str) -> None:
+    def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
-        self.split = task_args.get("split", "test")
-        self.ds, self.source = data.task_split(task_args, HUB_ID, self.split, "pope", sample_rows, {
+        self.split = self.args["split"]
+        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "pope", sample_rows, {
             "id": "string", "question_id": "string", "question": "string", "answer": "string",
             "image_source": "string", "image": "image", "category": "string"})
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omnibench import data
+from omnibench.args import Arg
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
 from tasks.common import SingleImageQA
@@ -188,16 +189,16 @@ class VQAv2(SingleImageQA):
     # The paper prints test-dev (scored only by the evaluation server); a val score is its own column.
     paper_column = "VQAv2(val)"
     paper_metric = "vqav2_accuracy"
+    ARGS = (*data.source_args("validation", SCORED_SPLITS + TEST_SPLITS),
+            Arg("test_questions", str, None, "the official v2_OpenEnded_mscoco_test2015_questions.json: "
+                "pads a test-split export to the full test set"))
+    id_columns = ("question_id",)
 
-    def __init__(self, **task_args: str) -> None:
+    def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
-        self.split = task_args.get("split", "validation")
-        if self.split not in SCORED_SPLITS + TEST_SPLITS:
-            raise OmnibenchError(f"vqav2 split '{self.split}' unknown (choose one of "
-                                 f"{', '.join(SCORED_SPLITS + TEST_SPLITS)})")
-        # Official v2_OpenEnded_mscoco_test2015_questions.json: pads the export to the full test set.
-        self.test_questions = task_args.get("test_questions")
-        self.ds, self.source = data.task_split(task_args, HUB_ID, self.split, "vqav2",
+        self.split = self.args["split"]
+        self.test_questions = self.args["test_questions"]
+        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "vqav2",
                                                lambda: sample_rows(with_answers=self.scored), sample_features())
 
     @property

@@ -42,7 +42,7 @@ def test_runner_scores_pope_sample_with_official_extraction(tmp_path):
     out = Runner(pope_cfg(tmp_path, batch_size=4, log_samples=True), lambda: model).run()
     # Built-in sample: 6 questions, 3 with answer yes. Always "yes": recall 1, precision 0.5 overall.
     assert out["results"]["pope"]["pope_yes_ratio"] == 1.0
-    assert out["n_samples"]["pope"] == {"total": 6, "failed": 0}
+    assert out["n_samples"]["pope"] == {"total": 6, "failed": 0, "available": 6}
     assert len(model.seen) == 6
     folder = run_dir(pope_cfg(tmp_path), out["config_hash"])
     samples = [json.loads(l) for l in (folder / "samples_pope.jsonl").read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_unreadable_image_is_a_failed_sample_and_the_run_goes_on(tmp_path):
                     output_path=str(tmp_path / "out"), log_samples=True)
     model = FixedAnswers()
     out = Runner(cfg, lambda: model).run()
-    assert out["n_samples"]["pope"] == {"total": 6, "failed": 1}
+    assert out["n_samples"]["pope"] == {"total": 6, "failed": 1, "available": 6}
     assert len(model.seen) == 5
     samples = [json.loads(l) for l in (run_dir(cfg, out["config_hash"]) / "samples_pope.jsonl").read_text().splitlines()]
     failed = [s for s in samples if s["error"]]
@@ -217,7 +217,8 @@ def test_every_task_end_to_end_with_tiny_hf_model_through_the_cli(tmp_path, caps
     assert manifest["config"]["tasks"] == tasks and manifest["seed"] == 0 and "commit" in manifest["git"]
     assert manifest["datasets"]["pope"]["num_rows"] == 6 and manifest["packages"]["torch"]
     report = (folder / "report.md").read_text()
-    assert "OmniMamba" in report and "**hf (omnibench, measured)**" in report and "MME-P" in report
+    assert "OmniMamba" in report and "**hf (omnibench, measured, see warnings)**" in report and "MME-P" in report
+    assert "- **random weights (preset=tiny)" in report
 
 
 def test_torchrun_two_ranks_shard_and_gather_to_the_single_process_scores(tmp_path):
@@ -228,7 +229,7 @@ def test_torchrun_two_ranks_shard_and_gather_to_the_single_process_scores(tmp_pa
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29533", "run_eval.py", *common, "--output_path", str(tmp_path / "two")],
+                            "--standalone", "run_eval.py", *common, "--output_path", str(tmp_path / "two")],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr
     two = next((tmp_path / "two").glob("hf_*"))
@@ -243,7 +244,7 @@ def test_torchrun_two_ranks_shard_and_gather_to_the_single_process_scores(tmp_pa
 
 def test_unknown_preset_names_the_model_and_the_known_ones():
     from models.hf import HFAdapter
-    with pytest.raises(OmnibenchError, match=r"unknown preset 'huge' for model hf \(known: tiny\)"):
+    with pytest.raises(OmnibenchError, match=r"model hf: unknown preset 'huge' \(known: tiny\)"):
         HFAdapter(preset="huge")
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+from omnibench.args import Arg
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
 
 from models.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
@@ -90,8 +91,19 @@ class JanusFlowAdapter(ModelAdapter):
     """
 
     name = "janusflow"
+    ARGS = (
+        Arg("pretrained", str, DEFAULT_PRETRAINED, "JanusFlow checkpoint: a folder or hub id"),
+        Arg("vae", str, DEFAULT_VAE, "SDXL VAE for text-to-image: a folder or hub id"),
+        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
+            "(speed and memory only)", ("tiny", "full")),
+        Arg("mode", str, "best", "best: prompt cached across ODE steps, static-cache CUDA-graph decode; "
+            "as_published: upstream's loop", MODES),
+        Arg("system_prompt", str, SYSTEM_PROMPT, "understanding system prompt (empty for none)"),
+        Arg("cfg_weight", float, 2.0, "text-to-image classifier-free guidance weight"),
+        Arg("num_inference_steps", int, 30, "text-to-image rectified-flow ODE steps"),
+    )
 
-    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -99,11 +111,10 @@ class JanusFlowAdapter(ModelAdapter):
             torch_dtype = _DTYPES[dtype]
         else:
             raise OmnibenchError(f"unknown dtype '{dtype}' for model janusflow (known: auto, {', '.join(_DTYPES)})")
-        preset = self.arg_choice("preset", (None, "tiny", "full"))
-        self.mode = self.arg_choice("mode", MODES, "best")
-        self.cfg_weight = float(model_args.get("cfg_weight", 2.0))
-        self.steps = int(model_args.get("num_inference_steps", 30))
-        self.system_prompt = model_args.get("system_prompt", SYSTEM_PROMPT)
+        args = self.args
+        preset, self.mode = args["preset"], args["mode"]
+        self.cfg_weight, self.steps = args["cfg_weight"], args["num_inference_steps"]
+        self.system_prompt = args["system_prompt"]
         attn = attn_implementation(device, torch_dtype)
         if preset == "full":
             model, tok = random_full(device, torch_dtype, attn)
@@ -114,8 +125,7 @@ class JanusFlowAdapter(ModelAdapter):
                 root = tiny_checkpoint()
                 source, self.vae_source = str(root), str(root / "vae")
             else:
-                source = model_args.get("pretrained", DEFAULT_PRETRAINED)
-                self.vae_source = model_args.get("vae", DEFAULT_VAE)
+                source, self.vae_source = args["pretrained"], args["vae"]
             model, self.tokenizer, self.processing, processor = from_pretrained(source, attn)
         self.model: JanusFlow = model.to(device=device, dtype=torch_dtype)
         self.torch_dtype = torch_dtype
@@ -305,6 +315,6 @@ class JanusFlowAdapter(ModelAdapter):
         x = (x.float().clamp(-1, 1) * 0.5 + 0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
         return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).cpu().numpy()]
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "mode": self.mode, "cfg_weight": self.cfg_weight,
-                "num_inference_steps": self.steps, "system_prompt": self.system_prompt}
+    @classmethod
+    def weights_warning(cls, args: dict[str, Any]) -> str | None:
+        return random_weights_warning(args["preset"])

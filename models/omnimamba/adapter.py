@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+from omnibench.args import Arg
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
 
 from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
 from .modeling_omnimamba import DecodeState, OmniMamba
@@ -60,29 +61,39 @@ class OmniMambaAdapter(ModelAdapter):
     """
 
     name = "omnimamba"
+    ARGS = (
+        Arg("pretrained", str, DEFAULT_PRETRAINED, "checkpoint: a folder, an OmniMamba-1.3b.pth file or a hub id"),
+        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
+            "(speed and memory only)", ("tiny", "full")),
+        Arg("mode", str, "best", "best: CUDA-graph decode with fused norms; as_published: upstream's "
+            "eager decode on mamba-ssm's ops", ("best", "as_published")),
+        Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
+        Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
+        Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
+        Arg("top_k", int, 1, "text-to-image top-k (1: greedy, upstream's default; 0: all)"),
+        Arg("cfg_scale", float, 1.0, "text-to-image classifier-free guidance (1: none, upstream's default)"),
+    )
 
-    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
         # Upstream's inference scripts run the model in float32; "auto" does the same.
         if dtype != "auto" and dtype not in _DTYPES:
             raise OmnibenchError(f"unknown dtype '{dtype}' for omnimamba (use auto, {', '.join(_DTYPES)})")
         torch_dtype = _DTYPES.get(dtype, torch.float32)
-        preset = self.arg_choice("preset", (None, "tiny", "full"))
-        self.mode = self.arg_choice("mode", ("best", "as_published"), "best")
+        args = self.args
+        preset, self.mode = args["preset"], args["mode"]
         self.model: OmniMamba
         if preset == "full":  # full size, random weights, tiny tokenizer: for speed and memory only
             self.model, self.tokenizer = random_full(device, torch_dtype), add_task_tokens(tiny_base_tokenizer())
         else:
-            source = str(tiny_checkpoint()) if preset == "tiny" else model_args.get("pretrained", DEFAULT_PRETRAINED)
+            source = str(tiny_checkpoint()) if preset == "tiny" else args["pretrained"]
             self.model, self.tokenizer = from_pretrained(source, device, torch_dtype)
-        # best: decode steps captured in CUDA graphs; as_published: upstream's eager step loop.
-        default_graphs = "true" if self.mode == "best" else "false"
-        self.model.use_cuda_graphs = str(model_args.get("cuda_graphs", default_graphs)).lower() != "false"
-        # best also folds the RMSNorms into the decode GEMVs (fused.py); as_published keeps upstream's ops.
-        self.model.use_fused_decode = str(model_args.get("fused_decode", default_graphs)).lower() != "false"
-        self.temperature = float(model_args.get("temperature", 1.0))
-        self.top_k = int(model_args.get("top_k", 1))
-        self.cfg_scale = float(model_args.get("cfg_scale", 1.0))
+        # best: decode steps captured in CUDA graphs and the RMSNorms folded into the decode GEMVs
+        # (fused.py); as_published: upstream's eager step loop on mamba-ssm's ops.
+        best = self.mode == "best"
+        self.model.use_cuda_graphs = best if args["cuda_graphs"] is None else args["cuda_graphs"]
+        self.model.use_fused_decode = best if args["fused_decode"] is None else args["fused_decode"]
+        self.temperature, self.top_k, self.cfg_scale = args["temperature"], args["top_k"], args["cfg_scale"]
         tok = self.tokenizer
         self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
                     ("<|mmu|>", "<|t2i|>", "<|soi|>", "<|eoi|>", "<|sot|>", "<|eot|>")}
@@ -189,5 +200,6 @@ class OmniMambaAdapter(ModelAdapter):
     def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         return self.model.step(state, token.to(self._device))
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "temperature": self.temperature, "top_k": self.top_k, "cfg_scale": self.cfg_scale}
+    @classmethod
+    def weights_warning(cls, args: dict[str, Any]) -> str | None:
+        return random_weights_warning(args["preset"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, OmnibenchError
 
 # Longest context the graphs are captured for. Mamba-2's state has a fixed size, so this only bounds
@@ -17,6 +18,9 @@ MAX_SEQLEN = 1 << 20
 
 class MambaSsmReference(ModelAdapter):
     name = "mamba2_ref"
+
+    ARGS = (Arg("preset", str, "full", "always full size, random weights", ("full",)),
+            Arg("mode", str, "best", "mamba-ssm's generate(cg=True) decode", ("best", "as_published")))
 
     def __init__(self, device: str = "cuda", dtype: str = "bfloat16", **model_args: str) -> None:
         super().__init__(device, dtype, **model_args)

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+from omnibench.args import Arg
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
 
 from models.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
@@ -71,16 +72,27 @@ class ShowoAdapter(ModelAdapter):
     """
 
     name = "showo"
+    ARGS = (
+        Arg("pretrained", str, DEFAULT_SHOWO, "Show-o checkpoint: a folder or hub id (showlab/show-o-512x512 for 512 px)"),
+        Arg("vq_model", str, DEFAULT_MAGVIT, "MAGVIT-v2 tokenizer: a folder or hub id"),
+        Arg("llm", str, None, "Phi config and tokenizer (default: the checkpoint's llm_model_path)"),
+        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
+            "(speed and memory only)", ("tiny", "full")),
+        Arg("mode", str, "best", "best: KV cache, static-cache CUDA-graph decode; as_published: "
+            "upstream's full recomputation", MODES),
+        Arg("guidance_scale", float, 5.0, "text-to-image classifier-free guidance"),
+        Arg("generation_timesteps", int, 50, "text-to-image mask-prediction steps"),
+        Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
+    )
 
-    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: str) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
         if dtype not in _DTYPES:
             raise OmnibenchError(f"unknown dtype '{dtype}' for model showo (known: {', '.join(_DTYPES)})")
-        preset = self.arg_choice("preset", (None, "tiny", "full"))
-        self.mode = self.arg_choice("mode", MODES, "best")
-        self.guidance_scale = float(model_args.get("guidance_scale", 5.0))
-        self.timesteps = int(model_args.get("generation_timesteps", 50))
-        self.temperature = float(model_args.get("temperature", 1.0))
+        args = self.args
+        preset, self.mode = args["preset"], args["mode"]
+        self.guidance_scale, self.timesteps = args["guidance_scale"], args["generation_timesteps"]
+        self.temperature = args["temperature"]
         if preset == "full":
             model, vq, self.tokenizer = random_full(device, _DTYPES[dtype])
         else:
@@ -88,8 +100,7 @@ class ShowoAdapter(ModelAdapter):
                 root = tiny_checkpoint()
                 sources = (str(root / "show-o"), str(root / "magvitv2"), None)
             else:
-                sources = (model_args.get("pretrained", DEFAULT_SHOWO),
-                           model_args.get("vq_model", DEFAULT_MAGVIT), model_args.get("llm"))
+                sources = (args["pretrained"], args["vq_model"], args["llm"])
             model, vq, self.tokenizer = from_pretrained(*sources)
         self.model: Showo = model.to(device=device, dtype=_DTYPES[dtype])
         self.vq = vq.to(device=device, dtype=_DTYPES[dtype])
@@ -275,6 +286,6 @@ class ShowoAdapter(ModelAdapter):
     def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
         return to_pil(self.vq.decode_code(self.generate_image_tokens(requests)))
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "mode": self.mode, "guidance_scale": self.guidance_scale,
-                "generation_timesteps": self.timesteps, "temperature": self.temperature}
+    @classmethod
+    def weights_warning(cls, args: dict[str, Any]) -> str | None:
+        return random_weights_warning(args["preset"])
