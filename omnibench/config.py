@@ -33,9 +33,9 @@ def scoped_args(name: str, args: dict[str, str]) -> dict[str, str]:
 def task_args_for(tasks: list[str], args: dict[str, str]) -> dict[str, dict[str, str]]:
     """Each task's own `--task_args`: `<task>.key=v` for that task, `key=v` for every listed task that
     declares `key`. A key no listed task takes, or a prefix naming a task not listed, fails here."""
-    from omnibench.registry import get_task_class
+    from omnibench import registry
 
-    declared = {name: {a.name for a in get_task_class(name).ARGS} for name in tasks}
+    declared = {name: {a.name for a in registry.get_task_class(name).ARGS} for name in tasks}
     for key in args:
         scope, dot, bare = key.rpartition(".")
         if dot and scope not in declared:

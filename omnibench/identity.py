@@ -63,11 +63,9 @@ def _imports(path: Path, module: str) -> set[str]:
     return out
 
 
-@lru_cache(maxsize=None)
-def code_version(module: str, libraries: tuple[str, ...] = ()) -> str:
-    """sha256 over the source of `module` and every module of its own top-level package or of the
-    project's model and task packages that it imports, directly or not; plus the versions of
-    `libraries`. Cached per process: the source cannot change under a running evaluation."""
+def source_files(module: str) -> dict[str, Path]:
+    """`module` and every module of its own top-level package or of the project's model and task
+    packages that it imports, directly or not, by name."""
     follow = {module.split(".")[0], *FOLLOWED}
     seen: dict[str, Path] = {}
     todo = [module]
@@ -80,6 +78,14 @@ def code_version(module: str, libraries: tuple[str, ...] = ()) -> str:
             continue
         seen[name] = path
         todo.extend(_imports(path, name))
+    return seen
+
+
+@lru_cache(maxsize=None)
+def code_version(module: str, libraries: tuple[str, ...] = ()) -> str:
+    """sha256 over `source_files(module)` and the versions of `libraries`. Cached per process: the
+    source cannot change under a running evaluation."""
+    seen = source_files(module)
     h = hashlib.sha256()
     for name in sorted(seen):
         h.update(f"{name}\n".encode() + seen[name].read_bytes() + b"\n")

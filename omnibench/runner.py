@@ -2,6 +2,7 @@
 next starts, resumable, sharded across torchrun ranks, gathered and scored on rank 0."""
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -16,12 +17,11 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from omnibench import dist, identity
+from omnibench import dist, identity, registry
 from omnibench.cache import SampleCache, atomic_write_text
 from omnibench.config import RunConfig, config_hash, task_args_for
 from omnibench.manifest import build_manifest
 from omnibench.protocol import Doc, Docs, ModelAdapter, OmnibenchError, Request, Task
-from omnibench.registry import get_model_class, get_task_class
 
 log = logging.getLogger("omnibench")
 # Cache bookkeeping that the samples file leaves out (it differs between two runs of the same samples).
@@ -95,7 +95,7 @@ class Runner:
     def __init__(self, cfg: RunConfig, model_factory: Callable[[], ModelAdapter] | None = None) -> None:
         self.cfg = cfg
         self.rank, self.world = dist.rank_world()
-        self.model_cls = get_model_class(cfg.model)
+        self.model_cls = registry.get_model_class(cfg.model)
         # The run's identity: the adapter's declared arguments with every default filled in, so a
         # misspelled key fails here and a default changed in code gives a new run folder.
         self.model_config = self.model_cls.resolved_config(cfg.dtype, cfg.model_args)
@@ -115,7 +115,7 @@ class Runner:
 
     def run(self) -> dict[str, Any] | None:
         cfg = self.cfg
-        tasks = [get_task_class(name)(**args) for name, args in task_args_for(cfg.tasks, cfg.task_args).items()]
+        tasks = [registry.get_task_class(name)(**args) for name, args in task_args_for(cfg.tasks, cfg.task_args).items()]
         dist.init(cfg.device)
         seed_everything(cfg.seed)
         self._claim_folder()
@@ -178,7 +178,7 @@ class Runner:
                 if theirs.get("config_hash") != self.chash or theirs.get("model_config") != self.model_config \
                         or theirs.get("seed") != cfg.seed:
                     raise OmnibenchError(f"{self.dir} holds a run of another configuration (differs in: "
-                                         f"{_differences(theirs, mine)}); it was copied or renamed: use another "
+                                         f"{_differences({k: theirs.get(k) for k in ('model_config', 'seed')}, {k: mine[k] for k in ('model_config', 'seed')})}); it was copied or renamed: use another "
                                          f"--output_path or --overwrite")
             else:
                 atomic_write_text(identity_file, json.dumps(mine, indent=2, sort_keys=True, default=str) + "\n")
@@ -322,7 +322,7 @@ class Runner:
         from omnibench.report import render_report
 
         cfg = self.cfg
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         target = self.dir
         kept = self._covers_more(counts)
         if kept:

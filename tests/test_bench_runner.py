@@ -4,7 +4,7 @@ a smoke test). Goal: well under 1 ms per sample, so the harness never starves a 
 import itertools
 
 from omnibench.config import RunConfig
-from omnibench.protocol import Doc, ModelAdapter, Request, Task
+from omnibench.protocol import Docs, ModelAdapter, Request, Task
 from omnibench.runner import Runner
 
 N_DOCS = 2000
@@ -15,7 +15,8 @@ class EchoTask(Task):
     paper_column = ""
 
     def docs(self):
-        return [Doc(f"q{i}", {"question": f"question {i}", "answer": "yes" if i % 2 else "no"}) for i in range(N_DOCS)]
+        rows = [{"question": f"question {i}", "answer": "yes" if i % 2 else "no"} for i in range(N_DOCS)]
+        return Docs.from_rows(rows, lambda r: r["question"])
 
     def build_request(self, doc):
         return Request(doc.doc_id, doc.row["question"])
@@ -35,9 +36,9 @@ class ZeroCost(ModelAdapter):
 
 
 def test_runner_overhead_per_sample(benchmark, tmp_path, monkeypatch):
-    import omnibench.runner as runner_mod
-    monkeypatch.setattr(runner_mod, "get_task_class", lambda name: EchoTask)
-    monkeypatch.setattr(runner_mod, "get_model_class", lambda name: ZeroCost)
+    from omnibench import registry
+    monkeypatch.setattr(registry, "get_task_class", lambda name: EchoTask)
+    monkeypatch.setattr(registry, "get_model_class", lambda name: ZeroCost)
     counter = itertools.count()
 
     def one_run():
