@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from models.common.checkpoint_io import (first_line, hub_error, is_local_path, is_read_failure, load_error,
+                                         require_files, resolve_checkpoint)
 from omnibench.data import build_once, cache_root
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
@@ -85,12 +87,19 @@ class HFAdapter(ModelAdapter):
             raise OmnibenchError("model hf needs --model_args pretrained=<hub id or local dir> (or preset=tiny)")
         torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                        "float16": torch.float16}[dtype]
-        try:
+        if is_local_path(source):  # a folder: say what is missing before transformers tries
+            folder = resolve_checkpoint(source, "checkpoint")
+            require_files(folder, "checkpoint")
+        try:  # transformers reads weights through safetensors or torch.load(weights_only=True)
             self.processor = AutoProcessor.from_pretrained(source)
-            self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
-        except OSError as exc:
-            raise OmnibenchError(f"cannot load checkpoint '{source}': not a local folder and not in the hub "
-                                 f"cache (download it once, then pass pretrained=<its folder>)") from exc
+            self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, weights_only=True)
+        except Exception as exc:
+            if is_read_failure(exc):
+                raise load_error(source, exc) from exc
+            if isinstance(exc, OSError) and not is_local_path(source):
+                raise hub_error(source, "checkpoint", exc) from exc
+            raise OmnibenchError(f"cannot load '{source}' as a transformers image-text-to-text model: "
+                                 f"{type(exc).__name__}: {first_line(exc)}") from exc
         self.model.to(device).eval()
         self.processor.tokenizer.padding_side = "left"
         self.source = source

@@ -104,7 +104,7 @@ def test_unreadable_image_is_a_failed_sample_and_the_run_goes_on(tmp_path):
     (["--model", "hf", "--model_args", "pretrained", "--tasks", "pope"], "malformed --model_args entry 'pretrained'"),
     (["--model", "hf", "--tasks", "pope", "--task_args", "data_dir=/nonexistent/pope"], "dataset folder not found: /nonexistent/pope"),
     (["--model", "hf", "--model_args", "pretrained=/nonexistent/ckpt", "--tasks", "pope", "--task_args", "sample=true"],
-     "cannot load checkpoint '/nonexistent/ckpt'"),
+     "checkpoint not found: /nonexistent/ckpt is not a local folder"),
 ])
 def test_bad_input_is_one_line_error_and_nonzero_exit(argv, message, tmp_path, capsys):
     code = main(argv + ["--output_path", str(tmp_path), "--device", "cpu"])

@@ -14,7 +14,7 @@ from models.janusflow.checkpoint import (ImageProcessing, from_pretrained, full_
 from models.janusflow.modeling_janusflow import attn_implementation, official_state_dict, rectified_flow_sample
 from models.janusflow.uvit import timestep_embedding
 from models.janusflow.adapter import preprocess, sft_prompt
-from models.showo.checkpoint import read_state_dict
+from models.common.checkpoint_io import read_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -283,7 +283,7 @@ def test_from_pretrained_reports_a_bad_checkpoint_with_its_path(tmp_path):
 def test_missing_checkpoint_is_an_actionable_error(tmp_path):
     with pytest.raises(OmnibenchError, match="not found: /nowhere/omnimamba"):
         OmniMambaAdapter(pretrained="/nowhere/omnimamba")
-    with pytest.raises(OmnibenchError, match=f"no {WEIGHTS_NAME} in checkpoint folder {tmp_path}"):
+    with pytest.raises(OmnibenchError, match=f"checkpoint folder {tmp_path} lacks {WEIGHTS_NAME}"):
         OmniMambaAdapter(pretrained=str(tmp_path))
 
 

@@ -19,8 +19,9 @@ import torch
 
 from omnibench.protocol import OmnibenchError
 
-from models.showo.checkpoint import (byte_bpe_tokenizer, check_keys, first_line, load_fast_tokenizer, random_init_,
-                                     read_state_dict, resolve_folder)
+from models.common.checkpoint_io import (check_keys, first_line, is_read_failure, load_error, read_json,
+                                         read_state_dict, require_files, resolve_checkpoint)
+from models.showo.checkpoint import byte_bpe_tokenizer, load_fast_tokenizer, random_init_
 
 from .modeling_janusflow import (LLM_DEFAULTS, JanusFlow, JanusFlowConfig, SiglipConfig, config_json,
                                  official_state_dict, to_model_state_dict)
@@ -66,19 +67,20 @@ def load_tokenizer(folder: Path):
 
 def from_pretrained(pretrained: str = DEFAULT_PRETRAINED, attn: str = "sdpa"):
     """(JanusFlow fp32 on CPU, tokenizer with the processor's tags, ImageProcessing, processor_config)."""
-    folder = resolve_folder(pretrained, "JanusFlow checkpoint")
-    upstream = json.loads((folder / "config.json").read_text())
+    folder = resolve_checkpoint(pretrained, "JanusFlow checkpoint")
+    require_files(folder, "JanusFlow checkpoint")  # config.json and weights, before anything is read
+    upstream = read_json(folder / "config.json")
     cfg = JanusFlowConfig.from_upstream(upstream)
-    sd = read_state_dict(folder)
+    sd = read_state_dict(folder, "JanusFlow checkpoint")
     infer_gen_sizes(cfg.gen, upstream, sd)
     model = JanusFlow(cfg, attn)
     check_keys(official_state_dict(model), sd, f"JanusFlow checkpoint {folder}")
     model.load_state_dict(to_model_state_dict(model, sd), strict=True)
     pre_file, proc_file = folder / "preprocessor_config.json", folder / "processor_config.json"
-    pre = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
+    pre = read_json(pre_file) if pre_file.is_file() else {}
     names = ImageProcessing.__dataclass_fields__
     processing = ImageProcessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items() if k in names})
-    processor = json.loads(proc_file.read_text()) if proc_file.is_file() else {}
+    processor = read_json(proc_file) if proc_file.is_file() else {}
     return model.eval(), load_tokenizer(folder), processing, processor
 
 
@@ -108,11 +110,13 @@ def _autoencoder_kl():
 
 def load_vae(source: str, device, dtype):
     AutoencoderKL = _autoencoder_kl()
-    folder = resolve_folder(source, "SDXL VAE")
-    try:
+    folder = resolve_checkpoint(source, "SDXL VAE", arg="vae")
+    require_files(folder, "SDXL VAE", ("config.json",), weights=False)
+    try:  # diffusers reads the weights through safetensors or torch.load(weights_only=True)
         vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
     except Exception as exc:
-        raise OmnibenchError(f"cannot load the VAE from {folder}: {first_line(exc)}") from exc
+        raise load_error(folder, exc) if is_read_failure(exc) else OmnibenchError(
+            f"cannot load the VAE from {folder}: {first_line(exc)}") from exc
     return vae.to(device).eval()
 
 

@@ -9,12 +9,12 @@ task tokens; so do we, for every tokenizer, so their ids come out as upstream's.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
 import torch
 
+from models.common.checkpoint_io import first_line, load_state_dict_file, read_json, resolve_checkpoint
 from omnibench.protocol import OmnibenchError
 
 from .modeling_omnimamba import (SPECIAL_TOKENS, OmniMamba, OmniMambaConfig, load_official_state_dict,
@@ -25,11 +25,6 @@ from .vq import VQConfig
 WEIGHTS_NAME = "OmniMamba-1.3b.pth"
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
 TINY_SEED = 0
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def add_task_tokens(tokenizer):
@@ -45,52 +40,28 @@ def load_tokenizer(source: str):
     try:
         tok = AutoTokenizer.from_pretrained(source, model_max_length=2048)
     except Exception as exc:
-        raise OmnibenchError(f"cannot load the OmniMamba tokenizer from '{source}': {_first_line(exc)} "
+        raise OmnibenchError(f"cannot load the OmniMamba tokenizer from '{source}': {first_line(exc)} "
                              f"-- put a copy of {DEFAULT_TOKENIZER} in <checkpoint>/tokenizer") from exc
     return add_task_tokens(tok)
 
 
 def resolve_weights(pretrained: str) -> Path:
     """A local folder / .pth file, else the hub repo id; an OmnibenchError names what was tried."""
-    path = Path(pretrained)
-    if path.is_dir():
-        if not (path / WEIGHTS_NAME).is_file():
-            raise OmnibenchError(f"no {WEIGHTS_NAME} in checkpoint folder {path} "
-                                 f"-- download it from hustvl/OmniMamba into that folder")
-        return path / WEIGHTS_NAME
-    if path.is_file():
-        return path
-    if path.is_absolute() or pretrained.startswith(".") or pretrained.count("/") != 1:
-        raise OmnibenchError(f"OmniMamba checkpoint not found: {pretrained} "
-                             f"(pass --model_args pretrained=<folder with {WEIGHTS_NAME}> or a hub id)")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id=pretrained, filename=WEIGHTS_NAME))
-    except Exception as exc:
-        raise OmnibenchError(f"cannot fetch {WEIGHTS_NAME} from hub repo '{pretrained}': {_first_line(exc)} "
-                             f"-- download it and pass --model_args pretrained=<folder>") from exc
-
-
-def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(weights, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):  # trainer checkpoints sometimes nest the weights
-        if set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
-            sd = sd[wrapper]
-    return sd
+    return resolve_checkpoint(pretrained, "OmniMamba checkpoint", filename=WEIGHTS_NAME)
 
 
 def from_pretrained(pretrained: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a checkpoint folder, .pth file or hub id."""
     weights = resolve_weights(pretrained)
+    sd = load_state_dict_file(weights)  # first: a file that is no checkpoint fails before anything else
     folder = weights.parent
     cfg_file = folder / "config.json"
-    cfg = OmniMambaConfig.from_dict(json.loads(cfg_file.read_text())) if cfg_file.is_file() else OmniMambaConfig()
+    cfg = OmniMambaConfig.from_dict(read_json(cfg_file)) if cfg_file.is_file() else OmniMambaConfig()
     tokenizer = load_tokenizer(str(folder / "tokenizer") if (folder / "tokenizer").is_dir() else DEFAULT_TOKENIZER)
     with torch.device(device):
         model = OmniMamba(cfg)
     try:
-        load_official_state_dict(model, read_state_dict(weights))
+        load_official_state_dict(model, sd)
     except ValueError as exc:
         raise OmnibenchError(f"{weights}: {exc}") from exc
     return model.to(dtype).eval(), tokenizer

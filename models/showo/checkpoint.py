@@ -11,8 +11,8 @@ Upstream loading reads three hub repositories; each may instead be a local folde
 `preset=full` (`random_full`) is the full-size architecture with random weights, for speed and memory
 measurement only.
 
-The generic helpers here (`resolve_folder`, `read_state_dict`, `check_keys`, `strict_load`,
-`byte_bpe_tokenizer`, `random_init_`) are shared with models/janusflow.
+Weight files are found and read through models/common/checkpoint_io.py. The generic helpers here
+(`byte_bpe_tokenizer`, `load_fast_tokenizer`, `random_init_`) are shared with models/janusflow.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from models.common.checkpoint_io import (first_line, read_json, read_state_dict, require_files, resolve_checkpoint,
+                                         strict_load)
 from omnibench.protocol import OmnibenchError
 
 from .magvit import MAGVITv2, MagvitConfig
@@ -34,66 +36,6 @@ DEFAULT_MAGVIT = "showlab/magvitv2"
 TINY_SEED = 0
 FULL_SEED = 0
 WEIGHTS_NAME = "model.safetensors"
-
-
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
-
-
-def resolve_folder(source: str, what: str) -> Path:
-    """A local folder, else a hub repo snapshot (downloaded or from the hub cache)."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
-        raise OmnibenchError(f"{what} not found: {source} (pass a local folder or a hub repo id)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=source))
-    except Exception as exc:
-        raise OmnibenchError(f"cannot fetch {what} '{source}' from the hub: {first_line(exc)} "
-                             f"-- download it once and pass its local folder") from exc
-
-
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All `*.safetensors` shards of a folder, else `pytorch_model.bin`."""
-    shards = sorted(folder.glob("*.safetensors"))
-    if shards:
-        from safetensors.torch import load_file
-
-        sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(str(shard)))
-        return sd
-    binary = folder / "pytorch_model.bin"
-    if binary.is_file():
-        return torch.load(binary, map_location="cpu", weights_only=True)
-    raise OmnibenchError(f"no weights (*.safetensors or pytorch_model.bin) in {folder}")
-
-
-def check_keys(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], what: str) -> None:
-    """An OmnibenchError naming any missing, unexpected or misshapen key of `sd`."""
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            more = " ..." if len(keys) > 5 else ""
-            parts.append(f"{label} key(s) {', '.join(keys[:5])}{more} ({len(keys)} in all)")
-    if parts:
-        raise OmnibenchError(f"{what} does not match the architecture: " + "; ".join(parts))
-    for key, val in expected.items():
-        if tuple(sd[key].shape) != tuple(val.shape):
-            raise OmnibenchError(f"{what}: key {key} has shape {tuple(sd[key].shape)}, "
-                                 f"the model expects {tuple(val.shape)}")
-
-
-def strict_load(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """Load `sd` key for key; any missing, unexpected or misshapen key is an OmnibenchError naming it."""
-    check_keys(module.state_dict(), sd, what)
-    module.load_state_dict(sd, strict=True)
 
 
 def save_weights(module: nn.Module, folder: Path) -> None:
@@ -161,29 +103,34 @@ def load_tokenizer(folder: Path):
 
 def from_pretrained(pretrained: str = DEFAULT_SHOWO, vq_model: str = DEFAULT_MAGVIT, llm: str | None = None):
     """(Show-o, MAGVIT-v2, tokenizer with task tokens), fp32 on CPU, strictly loaded."""
-    folder = resolve_folder(pretrained, "Show-o checkpoint")
-    showo_cfg = json.loads((folder / "config.json").read_text())
+    folder = resolve_checkpoint(pretrained, "Show-o checkpoint")
+    require_files(folder, "Show-o checkpoint")  # config.json and weights, before anything is read
+    showo_cfg = read_json(folder / "config.json")
     if showo_cfg.get("w_clip_vit"):
         raise OmnibenchError(f"{pretrained} is a CLIP-ViT Show-o variant; only the discrete-token "
                              f"checkpoints (showlab/show-o, showlab/show-o-512x512) are supported")
-    llm_folder = resolve_folder(llm or showo_cfg.get("llm_model_path") or "microsoft/phi-1_5", "Phi config/tokenizer")
-    cfg = ShowoConfig.from_dicts(showo_cfg, json.loads((llm_folder / "config.json").read_text()))
+    llm_folder = resolve_checkpoint(llm or showo_cfg.get("llm_model_path") or "microsoft/phi-1_5",
+                                    "Phi config/tokenizer", arg="llm")
+    require_files(llm_folder, "Phi config/tokenizer", ("config.json",), weights=False)
+    cfg = ShowoConfig.from_dicts(showo_cfg, read_json(llm_folder / "config.json"))
     tokenizer = load_tokenizer(llm_folder)
     if len(tokenizer) != cfg.image_offset:
         raise OmnibenchError(f"tokenizer in {llm_folder} has {len(tokenizer)} tokens with the task tokens, "
                              f"Show-o expects {cfg.image_offset} (llm_vocab_size {cfg.llm_vocab_size} + 10)")
     model = Showo(cfg)
-    strict_load(model, read_state_dict(folder), f"Show-o checkpoint {folder}")
-    vq_folder = resolve_folder(vq_model, "MAGVIT-v2 checkpoint")
+    strict_load(model, read_state_dict(folder, "Show-o checkpoint"), f"Show-o checkpoint {folder}")
+    vq_folder = resolve_checkpoint(vq_model, "MAGVIT-v2 checkpoint", arg="vq_model")
+    require_files(vq_folder, "MAGVIT-v2 checkpoint", names=())  # config.json is optional
     vq_file = vq_folder / "config.json"
-    vq_cfg = json.loads(vq_file.read_text()) if vq_file.is_file() else {}
+    vq_cfg = read_json(vq_file) if vq_file.is_file() else {}
     names = {f.name for f in fields(MagvitConfig)}
     mcfg = MagvitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vq_cfg.items() if k in names})
     if mcfg.codebook_size != cfg.codebook_size:
-        raise OmnibenchError(f"MAGVIT-v2 in {vq_folder} has {mcfg.codebook_size} codes, "
+        assumed = "" if vq_file.is_file() else " (it has no config.json: the published sizes were assumed)"
+        raise OmnibenchError(f"MAGVIT-v2 in {vq_folder} has {mcfg.codebook_size} codes{assumed}, "
                              f"Show-o expects {cfg.codebook_size}")
     vq = MAGVITv2(mcfg)
-    strict_load(vq, read_state_dict(vq_folder), f"MAGVIT-v2 checkpoint {vq_folder}")
+    strict_load(vq, read_state_dict(vq_folder, "MAGVIT-v2 checkpoint"), f"MAGVIT-v2 checkpoint {vq_folder}")
     return model.eval(), vq.eval(), tokenizer
 
 
