@@ -11,8 +11,15 @@ from omnibench.protocol import OmnibenchError
 VERBOSITY = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are OmnibenchErrors: one line, printed and counted like every other."""
+
+    def error(self, message: str):
+        raise OmnibenchError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_eval.py", description="Evaluate a unified multimodal model.")
+    p = OneLineParser(prog="run_eval.py", description="Evaluate a unified multimodal model.")
     p.add_argument("--model", default=None, help="model adapter name (e.g. omnimamba, hf; see --tasks list)")
     p.add_argument("--model_args", default="", help="k=v,... e.g. pretrained=<hub id or local dir> or preset=tiny; "
                    "'help' lists the model's arguments")

@@ -51,6 +51,17 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
     return "; ".join(out)
 
 
+def _check_writable(folder: Path) -> None:
+    """A one-line error now, rather than an OSError after the model has loaded."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return
+    why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
+    raise OmnibenchError(f"cannot write the run folder {folder}: {existing} {why} (choose a writable --output_path)")
+
+
 def sample_seed(seed: int, sample_id: str) -> int:
     """Per-sample seed: the same image for a sample whatever its batch or rank, so resume is exact."""
     import hashlib
@@ -167,22 +178,28 @@ class Runner:
                 shutil.rmtree(self._replaced, ignore_errors=True)
                 self.dir.rename(self._replaced)
         if self.rank == 0:
-            identity_file = self.dir / "run.json"
-            mine = {"config_hash": self.chash, "model_config": self.model_config, "seed": cfg.seed}
-            if identity_file.exists():
-                try:
-                    theirs = json.loads(identity_file.read_text())
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise OmnibenchError(f"unreadable {identity_file} ({exc}): the run folder is damaged; "
-                                         f"use another --output_path or --overwrite") from None
-                if theirs.get("config_hash") != self.chash or theirs.get("model_config") != self.model_config \
-                        or theirs.get("seed") != cfg.seed:
-                    raise OmnibenchError(f"{self.dir} holds a run of another configuration (differs in: "
-                                         f"{_differences({k: theirs.get(k) for k in ('model_config', 'seed')}, {k: mine[k] for k in ('model_config', 'seed')})}); it was copied or renamed: use another "
-                                         f"--output_path or --overwrite")
-            else:
-                atomic_write_text(identity_file, json.dumps(mine, indent=2, sort_keys=True, default=str) + "\n")
+            _check_writable(self.dir)
+            theirs = self._recorded_identity()
+            if theirs is not None and (theirs.get("config_hash") != self.chash or theirs.get("model_config")
+                                       != self.model_config or theirs.get("seed") != cfg.seed):
+                mine = {k: self._identity()[k] for k in ("model_config", "seed")}
+                raise OmnibenchError(f"{self.dir} holds a run of another configuration (differs in: "
+                                     f"{_differences({k: theirs.get(k) for k in mine}, mine)}); it was copied or "
+                                     f"renamed: use another --output_path or --overwrite")
         dist.barrier()
+
+    def _identity(self) -> dict[str, Any]:
+        return {"config_hash": self.chash, "model_config": self.model_config, "seed": self.cfg.seed}
+
+    def _recorded_identity(self) -> dict[str, Any] | None:
+        path = self.dir / "run.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise OmnibenchError(f"unreadable {path} ({exc}): the run folder is damaged; use another "
+                                 f"--output_path or --overwrite") from None
 
     def _drop_replaced(self) -> None:
         if self._replaced is not None and self.rank == 0:
@@ -266,6 +283,10 @@ class Runner:
                cache: SampleCache, scoring: str, bar: tqdm) -> None:
         if pending:
             ready = ready + self._run_batch(task, pending, scoring)
+        if ready and not (self.dir / "run.json").exists():
+            # The folder's identity is written with its first sample, so a run that fails before it
+            # produces anything leaves nothing behind.
+            atomic_write_text(self.dir / "run.json", json.dumps(self._identity(), indent=2, sort_keys=True) + "\n")
         cache.append(ready)
         bar.update(len(pending))
 

@@ -219,10 +219,12 @@ class CocoFid(Task):
                    ",".join(map(str, ref_ids)).encode()).hexdigest(), "size": self.ref_size, **fid.library_info(),
                "inception_sha256": fid.file_sha256(weights)}
         mu_ref, sigma_ref, n_ref = fid.cached_stats(
-            key, lambda: fid.features(self.coco.reference_items(ref_ids), model, **opts))
+            key, lambda: fid.features(self.coco.reference_items(ref_ids), model, **opts,
+                                      desc="FID reference features"))
         out = {"fid_images": float(len(done)), "fid_failed": float(len(records) - len(done)),
                "fid_reference_images": float(n_ref)}
         if len(done) < 2 or n_ref < 2:  # a covariance needs two samples on each side
             return {"fid": float("nan"), **out}
-        feats = fid.features([self.run_dir / r["image"] for r in done], model, **opts)
+        feats = fid.features([self.run_dir / r["image"] for r in done], model, **opts,
+                             desc="FID generated-image features")
         return {"fid": fid.frechet_distance(*fid.feature_stats(feats), mu_ref, sigma_ref), **out}

@@ -200,18 +200,20 @@ class ImageSet:
 
 
 def features(items: Sequence[Any], model, *, size: int, device: str = "cpu", batch_size: int = 64,
-             workers: int = 0) -> np.ndarray:
-    """Inception pool3 features (N x 2048, float32) of the images in `items`."""
+             workers: int = 0, desc: str = "Inception features") -> np.ndarray:
+    """Inception pool3 features (N x 2048, float32) of the images in `items`, with a progress bar."""
     import torch
+    from tqdm import tqdm
 
     if not len(items):
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
     loader = torch.utils.data.DataLoader(ImageSet(items, size), batch_size=batch_size, shuffle=False,
                                          num_workers=workers)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), tqdm(total=len(items), desc=desc, unit="image") as bar:
         for batch in loader:
             out.append(model(batch.to(device)).cpu().numpy())
+            bar.update(len(batch))
     return np.concatenate(out)
 
 
