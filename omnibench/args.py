@@ -83,3 +83,35 @@ def markdown_table(declared: Sequence[Arg]) -> str:
         default = "" if a.default is None else f"`{a.default}`"
         rows.append(f"| `{a.name}` | {a.type.__name__} | {default} | {choices} | {a.help} |")
     return "\n".join(rows)
+
+
+README_START, README_END = "<!-- declared-arguments:start -->", "<!-- declared-arguments:end -->"
+
+
+def readme_section() -> str:
+    """Every registered model's and task's declared arguments, as README shows them."""
+    from omnibench import registry
+
+    parts = [README_START, "", "Generated from the declarations by `python -m omnibench.args` (a test checks "
+             "that it is current).", ""]
+    for kind, names, get in (("--model", registry.model_names(), registry.get_model_class),
+                             ("--tasks", registry.task_names(), registry.get_task_class)):
+        for name in names:
+            flag = "--model_args" if kind == "--model" else "--task_args"
+            parts += [f"#### `{kind} {name}`: `{flag}`", "", markdown_table(get(name).ARGS), ""]
+    return "\n".join(parts + [README_END])
+
+
+def main() -> None:
+    """Rewrite README.md's declared-arguments section from the declarations."""
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + readme_section() + text[end:])
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model adapter name (e.g. omnimamba, hf; see --tasks list)")
     p.add_argument("--model_args", default="", help="k=v,... e.g. pretrained=<hub id or local dir> or preset=tiny; "
                    "'help' lists the model's arguments")
-    p.add_argument("--tasks", required=True, help="comma list of tasks, or 'list' to print the registry")
+    p.add_argument("--tasks", default=None, help="comma list of tasks, or 'list' to print the registry")
     p.add_argument("--task_args", default="", help="k=v,... for every task that takes k, or <task>.k=v for one "
                    "(data_dir=<local copy>, split=..., sample=true for the built-in offline sample); "
                    "'help' lists the tasks' arguments")
@@ -52,6 +52,11 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         print("tasks: " + ", ".join(task_names()))
         print("models: " + ", ".join(model_names()))
         return None
+    if args.model is not None and args.model_args.strip() == "help":
+        print(help_text(f"model {args.model}", get_model_class(args.model).ARGS, "--model_args"))
+        return None
+    if args.tasks is None:
+        raise OmnibenchError("--tasks is required: a comma list of tasks (see --tasks list)")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.task_args.strip() == "help":
         for name in tasks:
@@ -59,9 +64,6 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         return None
     if args.model is None:
         raise OmnibenchError("--model is required (see --tasks list for the known models)")
-    if args.model_args.strip() == "help":
-        print(help_text(f"model {args.model}", get_model_class(args.model).ARGS, "--model_args"))
-        return None
     if args.batch_size < 1:
         raise OmnibenchError(f"--batch_size {args.batch_size} must be at least 1")
     if not tasks:

@@ -363,3 +363,12 @@ def test_request_fingerprint_sees_pixels_prompt_settings_and_seed():
     assert identity.request_fingerprint(Request("a", "q", [img], {"max_new_tokens": 5}, seed=1)) != base
     assert identity.request_fingerprint(Request("a", "q", [img], {"max_new_tokens": 4}, seed=2)) != base
     assert identity.request_fingerprint(Request("b", "q", [img.copy()], {"max_new_tokens": 4}, seed=1)) == base
+
+
+def test_readme_argument_tables_are_the_declarations():
+    from pathlib import Path
+
+    from omnibench.args import README_END, README_START, readme_section
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    current = text[text.index(README_START):text.index(README_END) + len(README_END)]
+    assert current == readme_section(), "README is stale: run python -m omnibench.args"
