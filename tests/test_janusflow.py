@@ -238,7 +238,7 @@ def test_max_position_embeddings_is_only_a_label_for_the_default_rope():
 
 
 def test_sweep_decoding_is_static_in_best_mode_and_dynamic_as_published_with_the_same_logits(best, published):
-    from models.static_decode import StaticDecoder
+    from models.common.static_decode import StaticDecoder
 
     ids = best.speed_context(40)
     s1, s2 = best.prefill(ids), published.prefill(ids)

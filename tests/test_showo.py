@@ -9,9 +9,10 @@ from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
 from models.showo import ShowoAdapter
 from models.common.checkpoint_io import read_state_dict
-from models.showo.checkpoint import from_pretrained, random_init_, save_weights, tiny_checkpoint, tiny_configs
+from models.common.presets import random_init_
+from models.showo.checkpoint import from_pretrained, save_weights, tiny_checkpoint, tiny_configs
 from models.showo.magvit import LFQuantizer, MagvitConfig, image_transform
-from models.static_decode import StaticDecoder
+from models.common.static_decode import StaticDecoder
 from models.showo.modeling_showo import Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
 PAD, SOI, EOI, T2I, MMU, BOS, EOS, M = 0, 1, 2, 3, 4, 5, 6, 9

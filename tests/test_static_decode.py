@@ -1,4 +1,4 @@
-"""The static-KV-cache decoder (models/static_decode.py) on both backbones it serves, Show-o's Phi (q/k
+"""The static-KV-cache decoder (models/common/static_decode.py) on both backbones it serves, Show-o's Phi (q/k
 LayerNorm, partial rotary) and JanusFlow's Llama, in float32 on CPU: its logits equal the model's own full
 forward over the same sequence at every step, across the buffer boundary where the cache grows; the
 mask opens exactly one slot per step; a graph warm-up step leaves no trace."""
@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from models.janusflow.modeling_janusflow import llama_last_logits
 from models.showo.checkpoint import add_task_tokens, tiny_base_tokenizer
 from models.showo.modeling_showo import Showo, ShowoConfig
-from models.static_decode import ALIGN, StaticDecoder, padded_causal_mask, speed_context_ids
+from models.common.static_decode import ALIGN, StaticDecoder, padded_causal_mask, speed_context_ids
 
 VOCAB = 300
 

@@ -233,3 +233,18 @@ def strict_load(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str)
     """Load `sd` key for key; any missing, unexpected or misshapen key is an OmnibenchError naming it."""
     check_keys(module.state_dict(), sd, what)
     module.load_state_dict(sd, strict=True)
+
+
+def load_fast_tokenizer(folder: Path, what: str, **kwargs):
+    """The tokenizer exactly as serialised in `tokenizer.json` (PreTrainedTokenizerFast), else AutoTokenizer.
+    Several transformers 5 releases rebuild tokenizers that declare a SentencePiece class (DeepSeek's
+    say LlamaTokenizerFast) with a Metaspace pre-tokenizer over a byte-level vocabulary, which loses
+    spaces (transformers issues #45488, #48206); the serialised pipeline is what upstream ran under v4."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(folder), **kwargs)
+        return AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except Exception as exc:
+        raise OmnibenchError(f"cannot load the {what} tokenizer from {folder}: {first_line(exc)}") from exc

@@ -7,7 +7,7 @@ model_args:
   tokenizer, built on the device: for speed and memory measurement only, its outputs are noise).
 - `mode=best` (default): the text-to-image prompt is run once and cached for all ODE steps;
   `prefill`/`decode_step` (the speed sweep's) decode over a static KV cache, in a CUDA graph on GPU
-  (models/static_decode.py). `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt
+  (models/common/static_decode.py). `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt
   at every step, and transformers' dynamic KV cache, eager. Text decoding for understanding uses the
   dynamic KV cache in both modes, as upstream's `generate(use_cache=True)`.
 - `system_prompt=` for understanding (default: VLChatProcessor's; `system_prompt=` empty for none).
@@ -29,7 +29,7 @@ from PIL import Image
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
 
-from models.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
+from models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
 from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
                          ImageProcessing, from_pretrained, load_vae, random_full, random_sdxl_vae,

@@ -19,8 +19,8 @@ import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-from models.omnimamba.vision import hf_to_timm, timm_to_hf
-from models.static_decode import Attend
+from models.common.timm_names import hf_to_timm, timm_to_hf
+from models.common.static_decode import Attend
 
 from .uvit import GenConfig, ShallowUViTDecoder, ShallowUViTEncoder
 
@@ -187,7 +187,7 @@ def llama_last_logits(lm: LlamaForCausalLM, ids: torch.Tensor, positions: torch.
                       attend: Attend) -> torch.Tensor:
     """fp32 logits (B, V) of the last of `ids` (B, n) at `positions` (B, n): LlamaForCausalLM's forward
     through its own modules (embedding, rotary, RMSNorms, projections, MLP, head), with the attention
-    proper left to `attend(layer, q, k, v)` -- the body the static-cache decoder runs (models/static_decode.py).
+    proper left to `attend(layer, q, k, v)` -- the body the static-cache decoder runs (models/common/static_decode.py).
     The softmax scale is SDPA's default, head_dim ** -0.5, as LlamaAttention's."""
     body = lm.model
     x = body.embed_tokens(ids)

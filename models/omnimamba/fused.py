@@ -13,7 +13,7 @@ Both round h where the separate norm kernels round their output and accumulate i
 what the unfused ops (mamba-ssm's `layer_norm_fn` / `rmsnorm_fn`, then cuBLAS) compute, to fp32
 summation order. The model's own unfused ops are the reference and the path on CPU, for batches larger
 than `MAX_ROWS`, and for grouped norms. Block sizes were picked on an H100 with the weights cold in L2
-(bench_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
+(bench/omnimamba_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import os
 import torch
 
 MAX_ROWS = 8  # batch rows one kernel program serves from the weight tile it holds
-# (BLOCK_N, num_warps) per (out_features, in_features), the fastest of bench_gpu's sweep on an H100
+# (BLOCK_N, num_warps) per (out_features, in_features), the fastest of bench.omnimamba_gpu's sweep on an H100
 # (in_proj 13.3 us = 2.62 TB/s, out_proj 8.2 us, text head 66.8 us = 3.08 TB/s; cuBLAS after a separate
 # norm kernel: 16.4, 12.1, 79.2 us). Other shapes use DEFAULT_CONFIG.
 CONFIGS: dict[tuple[int, int], tuple[int, int]] = {(8512, 2048): (2, 4), (2048, 4096): (4, 8), (50288, 2048): (2, 4)}

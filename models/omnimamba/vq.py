@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, group_norm
+
 
 @dataclass
 class VQConfig:
@@ -20,37 +22,6 @@ class VQConfig:
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     z_channels: int = 256
     num_res_blocks: int = 2
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
-
-
-class AttnBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.norm = _norm(c)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
-
-    def forward(self, x):
-        b, c, hh, ww = x.shape
-        n = self.norm(x)
-        q, k, v = (m(n).reshape(b, c, hh * ww).transpose(1, 2) for m in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v, one head
-        return x + self.proj_out(h.transpose(1, 2).reshape(b, c, hh, ww))
 
 
 class _Level(nn.Module):
@@ -69,18 +40,6 @@ class _Level(nn.Module):
         return h
 
 
-class _Resample(nn.Module):
-    def __init__(self, c: int, down: bool):
-        super().__init__()
-        self.down = down
-        self.conv = nn.Conv2d(c, c, 3, stride=2 if down else 1, padding=0 if down else 1)
-
-    def forward(self, x):
-        if self.down:  # asymmetric padding, as in taming-transformers
-            return self.conv(F.pad(x, (0, 1, 0, 1)))
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 def _mid(c: int) -> nn.ModuleList:
     return nn.ModuleList([ResnetBlock(c, c), AttnBlock(c), ResnetBlock(c, c)])
 
@@ -95,11 +54,11 @@ class Encoder(nn.Module):
         for i, m in enumerate(mult):
             level = _Level(cin, ch * m, cfg.num_res_blocks, attn=i == len(mult) - 1)
             if i != len(mult) - 1:
-                level.downsample = _Resample(ch * m, down=True)
+                level.downsample = Resample(ch * m, down=True)
             self.conv_blocks.append(level)
             cin = ch * m
         self.mid = _mid(cin)
-        self.norm_out = _norm(cin)
+        self.norm_out = group_norm(cin)
         self.conv_out = nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
 
     def forward(self, x):
@@ -124,10 +83,10 @@ class Decoder(nn.Module):
         for i in reversed(range(len(mult))):
             level = _Level(cin, ch * mult[i], cfg.num_res_blocks + 1, attn=i == len(mult) - 1)
             if i != 0:
-                level.upsample = _Resample(ch * mult[i], down=False)
+                level.upsample = Resample(ch * mult[i], down=False)
             self.conv_blocks.append(level)
             cin = ch * mult[i]
-        self.norm_out = _norm(cin)
+        self.norm_out = group_norm(cin)
         self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)
 
     def forward(self, z):

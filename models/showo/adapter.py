@@ -8,7 +8,7 @@ model_args:
   device: for speed and memory measurement only, its outputs are noise).
 - `mode=best` (default): KV cache for text decoding, the text prefix of text-to-image computed once,
   logits only where they are read; `prefill`/`decode_step` (the speed sweep's) decode over a static KV
-  cache, in a CUDA graph on GPU (models/static_decode.py). `mode=as_published`: upstream's cost model,
+  cache, in a CUDA graph on GPU (models/common/static_decode.py). `mode=as_published`: upstream's cost model,
   every new token and every denoising step recomputes the whole sequence and the full-vocabulary fp32
   logits. Both give the same outputs up to floating-point rounding.
 - text-to-image: `guidance_scale` (default 5), `generation_timesteps` (default 50), `temperature`
@@ -27,7 +27,7 @@ from PIL import Image
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
 
-from models.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
+from models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
 from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, random_full, tiny_checkpoint
 from .magvit import image_transform, to_pil

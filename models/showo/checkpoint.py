@@ -26,6 +26,8 @@ import torch.nn as nn
 
 from models.common.checkpoint_io import (first_line, read_json, read_state_dict, require_files, resolve_checkpoint,
                                          strict_load)
+from models.common.checkpoint_io import load_fast_tokenizer
+from models.common.presets import byte_bpe_tokenizer, random_init_
 from omnibench.protocol import OmnibenchError
 
 from .magvit import MAGVITv2, MagvitConfig
@@ -43,50 +45,6 @@ def save_weights(module: nn.Module, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / WEIGHTS_NAME))
-
-
-def random_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
-    """Every weight matrix, embedding and convolution kernel (parameters of two or more dims) drawn from
-    N(0, std); norms and biases keep their construction values. Small, finite weights: activations stay far
-    from bfloat16's range in a network that was never trained."""
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, std)
-    return module
-
-
-def byte_bpe_tokenizer(specials: list[str], bos: str, eos: str, pad: str | None = None, add_bos: bool = False):
-    """A byte-level BPE tokenizer made in code (no merges: one token per byte), the family of both
-    Phi's and DeepSeek's tokenizers. `add_bos` prepends `bos` on encode, as Llama tokenizers do."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(dict.fromkeys([bos, eos] + ([pad] if pad else []) + specials)))
-    if add_bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))])
-    kwargs = {"pad_token": pad} if pad else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, **kwargs)
-
-
-def load_fast_tokenizer(folder: Path, what: str, **kwargs):
-    """The tokenizer exactly as serialised in `tokenizer.json` (PreTrainedTokenizerFast), else AutoTokenizer.
-    Several transformers 5 releases rebuild tokenizers that declare a SentencePiece class (DeepSeek's
-    say LlamaTokenizerFast) with a Metaspace pre-tokenizer over a byte-level vocabulary, which loses
-    spaces (transformers issues #45488, #48206); the serialised pipeline is what upstream ran under v4."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder), **kwargs)
-        return AutoTokenizer.from_pretrained(str(folder), **kwargs)
-    except Exception as exc:
-        raise OmnibenchError(f"cannot load the {what} tokenizer from {folder}: {first_line(exc)}") from exc
 
 
 # --- Show-o -----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from models.omnimamba.vq import AttnBlock, ResnetBlock, _Resample
+from models.common.vq_blocks import AttnBlock, Resample, ResnetBlock
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Encoder(nn.Module):
             level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else ch * m, ch * m) for j in range(n))
             cin = ch * m
             if i != len(mult) - 1:
-                level.downsample = _Resample(cin, down=True)
+                level.downsample = Resample(cin, down=True)
             self.down.append(level)
         self.mid = _mid(cin)
         self.norm_out = _norm(cin)
@@ -99,7 +99,7 @@ class Decoder(nn.Module):
                                         for j in range(cfg.decoder_blocks[i]))
             cin = cout
             if i != 0:
-                level.upsample = _Resample(cin, down=False)
+                level.upsample = Resample(cin, down=False)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)  # up[0] is the highest resolution, run last
         self.norm_out = _norm(cin)

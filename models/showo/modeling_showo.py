@@ -7,7 +7,7 @@ token and every denoising step. Here the mask is boolean (True = may attend) and
 with `KVCache` the text prefix is computed once, which is exact because rows of the prefix never see
 what comes after it (causal text; image rows only ever sit after the text they attend to).
 `Showo.run` is the one body: attention proper is passed in (`attend`), so the static-KV-cache decoder of
-models/static_decode.py runs these same modules.
+models/common/static_decode.py runs these same modules.
 
 Module names follow the checkpoint: `showo.model.layers.0.self_attn.q_proj.weight`, `showo.lm_head.bias`.
 """
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.static_decode import Attend
+from models.common.static_decode import Attend
 
 # Added after the Phi tokenizer's own tokens, in this order ([PAD] first, as a pad token).
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")

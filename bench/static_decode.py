@@ -2,7 +2,7 @@
 weights, bf16): CUDA-graph decode against the same step run eagerly (4k context, past one buffer growth),
 static "best" against "as_published", and the single-query attention kernel at long context.
 
-    python -m models.bench_static_decode --out <folder>
+    python -m bench.static_decode --out <folder>
 """
 from __future__ import annotations
 
