@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnibench.config import RunConfig, parse_kv, parse_limit
+from omnibench.config import RunConfig, check_at_least, check_device, parse_kv, parse_limit
 from omnibench.protocol import OmnibenchError
 
 
@@ -35,17 +35,17 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         print("tasks: " + ", ".join(task_names()))
         print("models: " + ", ".join(model_names()))
         return None
-    if args.batch_size < 1:
-        raise OmnibenchError(f"--batch_size {args.batch_size} must be at least 1")
+    check_at_least("--batch_size", args.batch_size, 1)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise OmnibenchError("--tasks is empty: give a comma list of tasks (see --tasks list)")
     if args.resume and args.overwrite:
         raise OmnibenchError("--resume and --overwrite contradict each other: pick one")
-    device = args.device
-    if device is None:
+    if args.device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = check_device(args.device)
     return RunConfig(model=args.model, model_args=parse_kv(args.model_args, "--model_args"), tasks=tasks,
                      task_args=parse_kv(args.task_args, "--task_args"), limit=parse_limit(args.limit),
                      batch_size=args.batch_size, device=device, dtype=args.dtype, seed=args.seed,
