@@ -2,6 +2,8 @@
 
     python run_speed.py --models omnimamba,showo,janusflow --max-len 100000
     python run_speed.py --device cpu --preset tiny --max-len 256          # CPU smoke run
+
+Points and reports go to --output-dir (default results/speed); the committed reports/speed/ only when named.
 """
 import sys
 

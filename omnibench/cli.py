@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from omnibench.config import RunConfig, parse_kv, parse_limit
+from omnibench.config import RunConfig, check_at_least, check_device, parse_kv, parse_limit
+from omnibench.errors import VERBOSITY, cli_main
 from omnibench.protocol import OmnibenchError
 
-VERBOSITY = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -64,13 +63,16 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         return None
     if args.model is None:
         raise OmnibenchError("--model is required (see --tasks list for the known models)")
-    if args.batch_size < 1:
-        raise OmnibenchError(f"--batch_size {args.batch_size} must be at least 1")
+    check_at_least("--batch_size", args.batch_size, 1)
     if not tasks:
         raise OmnibenchError("--tasks is empty: give a comma list of tasks (see --tasks list)")
     if args.resume and args.overwrite:
         raise OmnibenchError("--resume and --overwrite contradict each other: pick one")
-    device = check_device(args.device)
+    if args.device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = check_device(args.device)
     return RunConfig(model=args.model, model_args=parse_kv(args.model_args, "--model_args"), tasks=tasks,
                      task_args=parse_kv(args.task_args, "--task_args"), limit=parse_limit(args.limit),
                      batch_size=args.batch_size, device=device, dtype=args.dtype, seed=args.seed,
@@ -78,50 +80,24 @@ def parse_config(argv: list[str]) -> RunConfig | None:
                      overwrite=args.overwrite)
 
 
-def check_device(device: str | None) -> str:
-    """`--device` as torch will take it: cpu, cuda or cuda:N (default: cuda if a GPU is visible)."""
-    import re
-
-    import torch
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise OmnibenchError(f"--device {device} is not supported: use cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise OmnibenchError(f"--device {device} but torch sees no CUDA GPU: use --device cpu, or install "
-                                 f"a CUDA build of torch on a machine with a GPU")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise OmnibenchError(f"--device {device} but torch sees {torch.cuda.device_count()} GPU(s): "
-                                 f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The level is needed before the command line is known to be valid: read it leniently here; a bad
+    # value is then reported by the full parse, as one line.
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--verbosity", type=str.upper, default="INFO")
+    verbosity = early.parse_known_args(argv)[0].verbosity
+    return cli_main(lambda: _run(argv), verbosity if verbosity in VERBOSITY else "INFO")
+
+
+def _run(argv: list[str]) -> int:
     from omnibench.runner import Runner
 
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "DEBUG" in [a.upper() for a in argv[argv.index("--verbosity") + 1:][:1]] if "--verbosity" in argv else False
-    try:
-        cfg = parse_config(argv)
-        if cfg is None:
-            return 0
-        logging.basicConfig(format="%(message)s", level=getattr(logging, build_parser().parse_args(argv).verbosity))
-        cfg.argv = ["run_eval.py", *argv]
-        out = Runner(cfg).run()
-    except OmnibenchError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bug or an input nothing checked: one line, the traceback on request
-        if debug:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"error: {type(exc).__name__}: {first} (unexpected; --verbosity DEBUG shows the traceback)",
-              file=sys.stderr)
-        return 1
+    cfg = parse_config(argv)
+    if cfg is None:
+        return 0
+    cfg.argv = ["run_eval.py", *argv]
+    out = Runner(cfg).run()
     if out is not None:
         for task, metrics in out["results"].items():
             head = out["headline"][task]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omnibench.protocol import OmnibenchError
@@ -60,6 +62,49 @@ def parse_limit(text: str | None) -> float | None:
     if value <= 0 or (value >= 1 and value != int(value)):
         raise OmnibenchError(f"--limit {text} selects nothing: give a positive count or a fraction in (0, 1)")
     return value
+
+
+def check_device(device: str, *, present: bool = True) -> str:
+    """`cpu`, `cuda` or `cuda:N`, checked against the GPUs torch can see (unless `present` is False: a device
+    named only to select results measured elsewhere); anything else is a one-line error."""
+    device = device.strip().lower()
+    kind, sep, index = device.partition(":")
+    if device == "cpu":
+        return device
+    if kind != "cuda" or (sep and not index.isdigit()):
+        raise OmnibenchError(f"--device {device!r} is not a device omnibench runs on: give cpu, cuda or cuda:N")
+    if not present:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        raise OmnibenchError(f"--device {device} but no CUDA GPU is visible to torch (use --device cpu, or check "
+                             "CUDA_VISIBLE_DEVICES and that torch is a CUDA build)")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise OmnibenchError(f"--device {device} but torch sees {count} CUDA GPU(s): give cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def check_at_least(flag: str, value: float, minimum: float, exclusive: bool = False) -> None:
+    """A numeric flag's lower bound (NaN fails too), as a one-line error naming the flag."""
+    if not (value > minimum if exclusive else value >= minimum):
+        raise OmnibenchError(f"{flag} {value:g} must be {'greater than' if exclusive else 'at least'} {minimum:g}")
+
+
+def check_writable_dir(path: str, flag: str) -> Path:
+    """A folder that is writable or can be created; checked without creating anything, so a bad path
+    fails before the run writes its first file."""
+    folder = Path(path)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OmnibenchError(f"{flag} {path} cannot be a folder: {probe} is a file (give a folder path)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OmnibenchError(f"{flag} {path} is not writable: no write permission on {probe} "
+                             "(give a folder you can write to)")
+    return folder
 
 
 @dataclass

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from omnibench import dist, identity, registry
 from omnibench.cache import SampleCache, atomic_write_text
-from omnibench.config import RunConfig, config_hash, task_args_for
+from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
 from omnibench.manifest import build_manifest
 from omnibench.protocol import Doc, Docs, ModelAdapter, OmnibenchError, Request, Task
 
@@ -49,17 +49,6 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
         elif x != y:
             out.append(f"{prefix}{key}: {x!r} -> {y!r}")
     return "; ".join(out)
-
-
-def _check_writable(folder: Path) -> None:
-    """A one-line error now, rather than an OSError after the model has loaded."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
-        return
-    why = "is not a folder" if existing.exists() and not existing.is_dir() else "is not writable"
-    raise OmnibenchError(f"cannot write the run folder {folder}: {existing} {why} (choose a writable --output_path)")
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -178,7 +167,7 @@ class Runner:
                 shutil.rmtree(self._replaced, ignore_errors=True)
                 self.dir.rename(self._replaced)
         if self.rank == 0:
-            _check_writable(self.dir)
+            check_writable_dir(str(self.dir), "--output_path")
             theirs = self._recorded_identity()
             if theirs is not None and (theirs.get("config_hash") != self.chash or theirs.get("model_config")
                                        != self.model_config or theirs.get("seed") != cfg.seed):

@@ -45,7 +45,7 @@ class SweepConfig:
     point_timeout_s: float = 300.0
     full_generation_budget_s: float = 60.0
     image_batch: int = 16
-    output_dir: str = "reports/speed"
+    output_dir: str = "results/speed"
     model_args: dict[str, str] = field(default_factory=dict)
     report_only: bool = False
     gpu: str | None = None  # the card whose points are measured/reported; default: this machine's

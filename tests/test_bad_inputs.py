@@ -121,14 +121,14 @@ CASES = [
     ("data-dir-garbage-parquet", garbage_parquet, "cannot load dataset"),
     ("checkpoint-missing", with_args(model_args="pretrained=/nonexistent/ckpt"), "/nonexistent/ckpt"),
     ("checkpoint-pickle", pickle_checkpoint, "holds pickled Python objects"),
-    ("device-tpu", with_args(device="tpu"), "--device tpu is not supported: use cpu, cuda or cuda:N"),
-    pytest.param("device-cuda-without-gpu", with_args(device="cuda"), "--device cuda but torch sees no CUDA GPU",
+    ("device-tpu", with_args(device="tpu"), "--device 'tpu' is not a device omnibench runs on: give cpu, cuda or cuda:N"),
+    pytest.param("device-cuda-without-gpu", with_args(device="cuda"), "--device cuda but no CUDA GPU is visible to torch",
                  marks=pytest.mark.skipif(CUDA, reason="a GPU is visible")),
-    pytest.param("device-cuda-index", with_args(device="cuda:7"), "--device cuda:7 but torch sees",
+    pytest.param("device-cuda-index", with_args(device="cuda:7"), "--device cuda:7 but no CUDA GPU is visible",
                  marks=pytest.mark.skipif(CUDA, reason="a GPU is visible")),
     ("resume-and-overwrite", with_args(resume=True, overwrite=True), "--resume and --overwrite contradict each other"),
     ("rerun-without-resume", [], "finished samples of pope already in"),
-    ("output-under-a-file", under_a_file, "cannot write the run folder"),
+    ("output-under-a-file", under_a_file, "cannot be a folder"),
     ("corrupt-cache-line", corrupt_cache, "corrupt cache line"),
     ("edited-run-identity", edited_identity, "holds a run of another configuration (differs in: model_config.preset"),
     ("model-args-help-unknown-model", with_args(model="nosuch", model_args="help"), "unknown model 'nosuch'"),
@@ -160,7 +160,7 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(name, argv, message, fini
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nosuch", "--tasks", "pope"], "unknown model 'nosuch'"),
     (["--model", "hf", "--model_args", "preset=tiny,mdoe=x", "--tasks", "pope"], "unknown --model_args key 'mdoe'"),
-    (["--model", "hf", "--tasks", "pope", "--device", "tpu"], "--device tpu is not supported"),
+    (["--model", "hf", "--tasks", "pope", "--device", "tpu"], "--device 'tpu' is not a device omnibench runs on"),
 ])
 def test_the_script_itself_prints_one_line_and_no_traceback(argv, message, tmp_path):
     proc = subprocess.run([sys.executable, "run_eval.py", *argv, "--output_path", str(tmp_path)], cwd=ROOT,
