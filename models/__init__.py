@@ -5,6 +5,9 @@ MODELS: dict[str, str] = {
     "omnimamba": "models.omnimamba:OmniMambaAdapter",
     "showo": "models.showo:ShowoAdapter",
     "janusflow": "models.janusflow:JanusFlowAdapter",
-    # Speed reference only: mamba-ssm's own Mamba-2 1.3B with its generate(cg=True) decode.
+}
+# Timed by run_speed.py beside the models, answering no benchmark: mamba-ssm's own Mamba-2 1.3B with
+# its generate(cg=True) decode.
+SPEED_REFERENCES: dict[str, str] = {
     "mamba2_ref": "models.omnimamba.reference:MambaSsmReference",
 }

@@ -160,6 +160,29 @@ class ModelAdapter(abc.ABC):
         raise OmnibenchError(f"model '{self.name}' does not generate images")
 
 
+class SpeedProtocol(abc.ABC):
+    """What the speed sweep (run_speed.py) times, declared by an adapter that subclasses it beside
+    ModelAdapter; the sweep never probes for methods. Tensors are torch tensors."""
+
+    @abc.abstractmethod
+    def prefill(self, input_ids: Any, max_new_tokens: int = 0) -> Any:
+        """Read a (batch, length) context of token ids once; return the decoding state, whose `logits`
+        are the last position's. `max_new_tokens`: how many decode steps will follow (a static cache
+        may size itself by it; 0: unknown)."""
+
+    @abc.abstractmethod
+    def decode_step(self, state: Any, token: Any) -> Any:
+        """Feed one token per row (batch,), advance `state` in place, return the next logits (batch, V)."""
+
+    def speed_context(self, length: int) -> Any:
+        """(1, length) ordinary text token ids. Time and memory per position do not depend on which
+        tokens fill the context: ids drawn (seeded) from the first 1000 of the vocabulary."""
+        import torch
+        tokenizer = getattr(self, "tokenizer", None)
+        high = min(len(tokenizer), 1000) if tokenizer is not None else 1000
+        return torch.randint(0, high, (1, length), generator=torch.Generator().manual_seed(length))
+
+
 def random_weights_warning(preset: str | None) -> str | None:
     """The report line of a model built from a preset (random weights) instead of a checkpoint."""
     if preset is None:

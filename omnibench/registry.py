@@ -28,9 +28,10 @@ def task_names() -> list[str]:
     return sorted(TASKS)
 
 
-def get_model_class(name: str) -> type[ModelAdapter]:
-    from models import MODELS
-    return _resolve("model", name, MODELS)
+def get_model_class(name: str, speed_references: bool = False) -> type[ModelAdapter]:
+    """A model adapter's class; with `speed_references`, also the speed sweep's reference models."""
+    from models import MODELS, SPEED_REFERENCES
+    return _resolve("model", name, {**MODELS, **SPEED_REFERENCES} if speed_references else MODELS)
 
 
 def get_task_class(name: str) -> type[Task]:

@@ -13,7 +13,6 @@ token ids of the exact length (the adapter's `speed_context(length)` when it has
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
 import statistics
@@ -107,18 +106,6 @@ class _Timeout(Exception):
     pass
 
 
-def context_ids(adapter: ModelAdapter, length: int) -> torch.Tensor:
-    """Token ids of the exact length: the adapter's own `speed_context` if it has one, else ids drawn
-    (seeded) from the first 1000 entries of its tokenizer's vocabulary. Time and memory per position do
-    not depend on which tokens fill the context."""
-    if hasattr(adapter, "speed_context"):
-        return adapter.speed_context(length)
-    tokenizer = getattr(adapter, "tokenizer", None)
-    high = min(len(tokenizer), 1000) if tokenizer is not None else 1000
-    gen = torch.Generator().manual_seed(length)
-    return torch.randint(0, high, (1, length), generator=gen)
-
-
 def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
     """One context length: prefill (median of repeats) and decode latency (median of steps), with
     peak memory: torch's allocator peak, and NVML's process total (allocator cache, CUDA context and
@@ -127,7 +114,7 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
     timer = Timer(cfg.device)
     cuda = cfg.device.startswith("cuda")
     deadline = time.perf_counter() + cfg.point_timeout_s
-    ids = context_ids(adapter, length)
+    ids = adapter.speed_context(length)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     prefill_s, state = [], None
@@ -165,11 +152,9 @@ def measure_full_generation(adapter: ModelAdapter, length: int, cfg: SweepConfig
     token = torch.full((1,), 7, dtype=torch.long)
 
     # Adapters with a static KV cache size it once for the whole generation when told its length.
-    sized = "max_new_tokens" in inspect.signature(adapter.prefill).parameters
-    extra = {"max_new_tokens": length - prompt_len} if sized else {}
 
     def run() -> None:
-        state = adapter.prefill(context_ids(adapter, prompt_len), **extra)
+        state = adapter.prefill(adapter.speed_context(prompt_len), max_new_tokens=length - prompt_len)
         for _ in range(length - prompt_len):
             adapter.decode_step(state, token)
     return timer(run)[1]

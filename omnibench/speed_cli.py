@@ -8,7 +8,7 @@ from pathlib import Path
 from omnibench.config import check_at_least, check_device, check_writable_dir, parse_kv, scoped_args
 from omnibench.errors import add_verbosity_flag, cli_main
 from omnibench.manifest import build_manifest
-from omnibench.protocol import ModelAdapter, OmnibenchError
+from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
 from omnibench.registry import get_model_class
 from omnibench.speed import DEFAULT_LENGTHS, SweepConfig, as_dict, run_sweep
 from omnibench.speed_report import record_run, write_reports
@@ -90,8 +90,8 @@ def to_config(args: argparse.Namespace) -> SweepConfig:
 
 def speed_model_class(model: str) -> type[ModelAdapter]:
     """The adapter class of a model the sweep can time; unknown names fail with the list of known ones."""
-    cls = get_model_class(model)
-    if not hasattr(cls, "prefill") or not hasattr(cls, "decode_step"):
+    cls = get_model_class(model, speed_references=True)
+    if not issubclass(cls, SpeedProtocol):
         raise OmnibenchError(f"model '{model}' has no prefill/decode_step for the speed sweep")
     return cls
 

@@ -47,3 +47,26 @@ def test_the_import_walk_sees_relative_and_absolute_imports(tmp_path):
 
 def test_benchmarks_live_in_bench_not_in_models():
     assert not [p for p in (ROOT / "models").rglob("bench*.py")]
+
+
+def test_the_engine_never_probes_adapters_for_methods():
+    for path in (ROOT / "omnibench").glob("*.py"):
+        text = path.read_text()
+        assert "hasattr(adapter" not in text and "hasattr(cls" not in text and "inspect.signature" not in text, path
+
+
+def test_speed_references_are_timed_but_not_evaluated(capsys):
+    from omnibench.cli import main
+    from omnibench.protocol import OmnibenchError, SpeedProtocol
+    from omnibench.registry import get_model_class
+    from omnibench.speed_cli import speed_model_class
+
+    assert main(["--tasks", "list"]) == 0
+    assert "mamba2_ref" not in capsys.readouterr().out
+    assert issubclass(speed_model_class("mamba2_ref"), SpeedProtocol)
+    assert issubclass(speed_model_class("omnimamba"), SpeedProtocol)
+    import pytest
+    with pytest.raises(OmnibenchError, match="unknown model 'mamba2_ref'"):
+        get_model_class("mamba2_ref")
+    with pytest.raises(OmnibenchError, match="model 'hf' has no prefill/decode_step"):
+        speed_model_class("hf")

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from omnibench.protocol import ModelAdapter
+from omnibench.protocol import ModelAdapter, SpeedProtocol
 from omnibench.speed import SweepConfig, integrated_total_seconds, run_sweep, with_totals
 from omnibench.speed_report import write_reports
 
 
-class TinyRecurrent(ModelAdapter):
+class TinyRecurrent(ModelAdapter, SpeedProtocol):
     """A real (small) recurrent LM: prefill reads the context, decode_step advances a fixed-size state.
     Raises CUDA's OOM error at contexts of `oom_at` tokens or more."""
 
@@ -26,7 +26,7 @@ class TinyRecurrent(ModelAdapter):
         self.sleep = sleep_per_step
 
     @torch.inference_mode()
-    def prefill(self, input_ids):
+    def prefill(self, input_ids, max_new_tokens=0):
         if self.oom_at is not None and input_ids.shape[1] >= self.oom_at:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
         h = torch.zeros(input_ids.shape[0], 16)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol, random_weights_warning
 
 from models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
@@ -78,7 +78,7 @@ class DecodeState:
     logits: torch.Tensor
 
 
-class JanusFlowAdapter(ModelAdapter):
+class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
     """JanusFlow for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
 
     For the speed sweep:

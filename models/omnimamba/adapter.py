@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol, random_weights_warning
 
 from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
 from .modeling_omnimamba import DecodeState, OmniMamba
@@ -49,7 +49,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int,
     return picks if index is None else index.gather(1, picks[:, None])[:, 0]
 
 
-class OmniMambaAdapter(ModelAdapter):
+class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     """OmniMamba for understanding (`generate_text`) and text-to-image (`generate_images`).
 
     For the speed sweep:
@@ -190,7 +190,8 @@ class OmniMambaAdapter(ModelAdapter):
 
     # -- speed sweep --
     @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor) -> DecodeState:
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState:
+        # A recurrent state has one size whatever follows: max_new_tokens sizes nothing.
         m = self.model
         embeds = m.with_mmu_positions(m.text_embeddings(input_ids.to(self._device)))
         state, logits = m.prefill(embeds, "mmu")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError
+from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
 
 # Longest context the graphs are captured for. Mamba-2's state has a fixed size, so this only bounds
 # the position counter; it costs no memory.
 MAX_SEQLEN = 1 << 20
 
 
-class MambaSsmReference(ModelAdapter):
+class MambaSsmReference(ModelAdapter, SpeedProtocol):
     name = "mamba2_ref"
 
     ARGS = (Arg("preset", str, "full", "always full size, random weights", ("full",)),
@@ -47,7 +47,7 @@ class MambaSsmReference(ModelAdapter):
         return torch.randint(0, 1000, (1, length), generator=gen)
 
     @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor):
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0):
         params = self.cache.inference_params
         params.reset(MAX_SEQLEN, 1)
         ids = input_ids.to(self.model.lm_head.weight.device)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request, random_weights_warning
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol, random_weights_warning
 
 from models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
@@ -57,7 +57,7 @@ class DecodeState:
     padded: bool
 
 
-class ShowoAdapter(ModelAdapter):
+class ShowoAdapter(ModelAdapter, SpeedProtocol):
     """Show-o for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
 
     For the speed sweep:
