@@ -18,8 +18,8 @@ import pandas as pd
 from omnibench.errors import add_verbosity_flag, cli_main
 from omnibench.protocol import OmnibenchError
 
-# Metrics where a smaller number is better; everything else is higher-is-better, except ratios that
-# describe behaviour rather than quality (yes_ratio), which are shown but never flagged.
+# For results files written before tasks declared each metric's direction (`directions`): smaller is
+# better for these, and these describe behaviour rather than quality, shown but never flagged.
 LOWER_IS_BETTER = ("*fid*",)
 NEUTRAL = ("*yes_ratio*",)
 FAILED = ("REGRESSION", "MISSING", "INVALID")
@@ -58,8 +58,18 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _checked(metric: str, head: str | None, patterns: list[str] | None) -> bool:
+def direction(data: dict[str, Any], task: str, metric: str) -> str:
+    """"higher", "lower" or "neutral", as the task that wrote `data` declared it."""
+    declared = data.get("directions", {}).get(task, {}).get(metric) if isinstance(data.get("directions"), dict) else None
+    if declared in ("higher", "lower", "neutral"):
+        return declared
     if any(fnmatch.fnmatch(metric, p) for p in NEUTRAL):
+        return "neutral"
+    return "lower" if any(fnmatch.fnmatch(metric, p) for p in LOWER_IS_BETTER) else "higher"
+
+
+def _checked(metric: str, head: str | None, patterns: list[str] | None, way: str = "higher") -> bool:
+    if way == "neutral":
         return False
     return any(fnmatch.fnmatch(metric, p) for p in patterns) if patterns else metric == head
 
@@ -75,14 +85,15 @@ def compare(base: dict[str, Any], cand: dict[str, Any], tolerance: float,
     for task in sorted(set(base["results"]) & set(cand["results"])):
         b_metrics, c_metrics = base["results"][task], cand["results"][task]
         head = base.get("headline", {}).get(task, {}).get("metric")
-        shown = (set(b_metrics) & set(c_metrics)) | {m for m in b_metrics if _checked(m, head, patterns)}
-        if head and _checked(head, head, patterns):
+        way = {m: direction(base, task, m) for m in set(b_metrics) | set(c_metrics)}
+        shown = (set(b_metrics) & set(c_metrics)) | {m for m in b_metrics if _checked(m, head, patterns, way[m])}
+        if head and _checked(head, head, patterns, way.get(head, "higher")):
             shown.add(head)
         for metric in sorted(shown):
             b, c = b_metrics.get(metric), c_metrics.get(metric)
             delta = c - b if _finite(b) and _finite(c) else None
             status, note = "", ""
-            if _checked(metric, head, patterns):
+            if _checked(metric, head, patterns, way.get(metric, "higher")):
                 kind = "headline metric" if metric == head else "checked metric"
                 missing = [side for side, m in (("base", b_metrics), ("candidate", c_metrics)) if metric not in m]
                 invalid = [f"the {side}'s value {json.dumps(v)} is not a finite number"
@@ -92,7 +103,7 @@ def compare(base: dict[str, Any], cand: dict[str, Any], tolerance: float,
                 elif invalid:
                     status, note = "INVALID", "; ".join(invalid) + f" (a {kind} must be a number in both files)"
                 else:
-                    lower = any(fnmatch.fnmatch(metric, p) for p in LOWER_IS_BETTER)
+                    lower = way.get(metric) == "lower"
                     worse = delta if lower else -delta
                     status = "REGRESSION" if worse > tolerance else "ok"
                     if status == "REGRESSION":

@@ -84,6 +84,17 @@ class Task(abc.ABC):
     paper_metric: str = ""
     # Factor from the metric to the paper's printed unit: 100 for a fraction shown as a percentage.
     paper_scale: float = 100.0
+    # Which way each metric improves (fnmatch patterns over metric names; every other metric is
+    # higher-is-better). Neutral metrics describe behaviour, not quality (e.g. a yes-ratio): never flagged.
+    lower_is_better: tuple[str, ...] = ()
+    neutral: tuple[str, ...] = ()
+
+    def direction(self, metric: str) -> str:
+        """"higher", "lower" or "neutral": how a regression gate reads a change of `metric`."""
+        import fnmatch
+        if any(fnmatch.fnmatch(metric, p) for p in self.neutral):
+            return "neutral"
+        return "lower" if any(fnmatch.fnmatch(metric, p) for p in self.lower_is_better) else "higher"
 
     def __init__(self, **task_args: Any) -> None:
         from omnibench.args import resolve

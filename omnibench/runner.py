@@ -358,6 +358,8 @@ class Runner:
             "headline": {t.name: {"table": t.paper_table, "column": t.paper_column,
                                      "metric": t.paper_metric, "scale": t.paper_scale}
                          for t in tasks},
+            # Declared by each task, so that a regression gate needs no rule about metric names.
+            "directions": {t.name: {m: t.direction(m) for m in results[t.name]} for t in tasks},
             "n_samples": counts,
             "warnings": self._warnings(counts),
             "timing": timing,

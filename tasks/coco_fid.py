@@ -149,6 +149,8 @@ class CocoFid(Task):
     paper_column = "FID-30K"
     paper_metric = "fid"
     paper_scale = 1.0
+    lower_is_better = ("fid",)
+    neutral = ("fid_images", "fid_failed", "fid_reference_images")
     ARGS = (
         Arg("captions", str, None, "the official captions_val2014.json (with images=)"),
         Arg("images", str, None, "the val2014 image folder (with captions=)"),

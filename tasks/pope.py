@@ -86,6 +86,7 @@ class Pope(SingleImageQA):
     name = "pope"
     paper_column = "POPE"
     paper_metric = "pope_f1"
+    neutral = ("*yes_ratio",)
     ARGS = data.source_args("test")
     id_columns = ("category", "question_id")
 

@@ -212,6 +212,8 @@ def test_every_task_end_to_end_with_tiny_hf_model_through_the_cli(tmp_path, caps
         lines = (folder / f"samples_{task}.jsonl").read_text().splitlines()
         assert len(lines) == results["n_samples"][task]["total"] > 0
         assert all(isinstance(json.loads(l)["output"], str) for l in lines)
+    assert results["directions"]["pope"]["pope_yes_ratio"] == "neutral"
+    assert results["directions"]["pope"]["pope_f1"] == "higher"
     manifest = results["manifest"]
     assert manifest["command"].startswith("python run_eval.py --model hf --model_args preset=tiny --tasks pope,")
     assert manifest["config"]["tasks"] == tasks and manifest["seed"] == 0 and "commit" in manifest["git"]

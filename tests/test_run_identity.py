@@ -372,3 +372,19 @@ def test_readme_argument_tables_are_the_declarations():
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     current = text[text.index(README_START):text.index(README_END) + len(README_END)]
     assert current == readme_section(), "README is stale: run python -m omnibench.args"
+
+
+def test_tasks_declare_metric_directions_and_compare_reads_them(tmp_path):
+    from omnibench import compare as compare_mod
+    from tasks.coco_fid import CocoFid
+    from tasks.pope import Pope
+
+    assert Pope.direction(Pope, "pope_yes_ratio") == "neutral" and Pope.direction(Pope, "pope_f1") == "higher"
+    assert CocoFid.direction(CocoFid, "fid") == "lower" and CocoFid.direction(CocoFid, "fid_images") == "neutral"
+    # A task that declares its score lower-is-better under a name no pattern knows: the declaration rules.
+    base = {"results": {"t": {"error_rate": 0.10}}, "headline": {"t": {"metric": "error_rate"}},
+            "directions": {"t": {"error_rate": "lower"}}}
+    worse = {"results": {"t": {"error_rate": 0.20}}, "headline": base["headline"], "directions": base["directions"]}
+    better = {"results": {"t": {"error_rate": 0.05}}, "headline": base["headline"], "directions": base["directions"]}
+    assert compare_mod.compare(base, worse, 0.01)[1] is True
+    assert compare_mod.compare(base, better, 0.01)[1] is False
