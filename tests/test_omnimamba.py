@@ -412,3 +412,26 @@ def test_modes_pick_the_decode_path(adapter):
     eager = OmniMambaAdapter(preset="tiny", mode="as_published")
     assert not eager.model.use_cuda_graphs and not eager.model.use_fused_decode
     assert OmniMambaAdapter(preset="tiny", fused_decode="false").model.use_fused_decode is False
+
+
+def test_siglip_tower_uses_the_exact_erf_gelu_as_upstream_timm():
+    """timm's vit_so400m_patch14_siglip_384 (upstream's tower) has nn.GELU(): erf, not tanh. On x = 1 the
+    two differ by 1.5e-4, far above float64 rounding: an MLP made an identity around its activation shows it."""
+    import math
+
+    import torch
+
+    from models.omnimamba.vision import DinoSigLIPBackbone, VisionConfig
+
+    cfg = VisionConfig(image_size=28, patch_size=14, dino_width=8, dino_layers=1, dino_heads=2, siglip_width=8,
+                       siglip_layers=1, siglip_heads=2, siglip_mlp=8)
+    mlp = DinoSigLIPBackbone(cfg).siglip_featurizer.encoder.layers[0].mlp.double()
+    with torch.no_grad():
+        for lin in (mlp.fc1, mlp.fc2):
+            lin.weight.copy_(torch.eye(8, dtype=torch.float64))
+            lin.bias.zero_()
+    out = mlp(torch.ones(1, 8, dtype=torch.float64))
+    exact = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    tanh = 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (1 + 0.044715)))
+    assert abs(exact - tanh) > 1e-4
+    assert torch.allclose(out, torch.full_like(out, exact), atol=1e-12, rtol=0)

@@ -63,7 +63,9 @@ class DinoSigLIPBackbone(nn.Module):
             hidden_size=cfg.siglip_width, num_hidden_layers=cfg.siglip_layers,
             num_attention_heads=cfg.siglip_heads, intermediate_size=cfg.siglip_mlp,
             image_size=cfg.image_size, patch_size=cfg.patch_size, layer_norm_eps=1e-6,
-            hidden_act="gelu_pytorch_tanh"))
+            # Upstream builds this tower with timm 0.9.10's vit_so400m_patch14_siglip_384, whose MLP uses
+            # nn.GELU (exact, erf), not the tanh approximation of transformers' SigLIP default.
+            hidden_act="gelu"))
         with torch.no_grad():  # timm's layout has no position for the cls token: keep HF's cls row at 0
             self.dino_featurizer.embeddings.position_embeddings[:, :1].zero_()
 
