@@ -99,11 +99,11 @@ def test_tokenizer_keeps_spaces_and_adds_one_bos(best):
 
 def test_image_placeholder_expands_to_begin_tokens_end_and_gets_the_image_embeddings(best):
     req = Request("a", "what?", [drawn_image(5, size=40)])
-    embeds, mask = best.mmu_inputs([req])
-    ids = best.encode(sft_prompt("<image_placeholder>\nwhat?", best.system_prompt))
+    ids, mask, embeds = best.mmu_inputs([req])
+    prompt = best.encode(sft_prompt("<image_placeholder>\nwhat?", best.system_prompt))
     n = best.num_image_tokens
-    assert embeds.shape[1] == len(ids) + n + 1 and mask.all()
-    at = ids.index(best.ids["<image_placeholder>"])
+    assert embeds.shape[1] == ids.shape[1] == len(prompt) + n + 1 and mask.all()
+    at = prompt.index(best.ids["<image_placeholder>"])
     feats = best.model.image_embeddings(preprocess(req.images[0], best.processing)[None])
     torch.testing.assert_close(embeds[0, at:at + n + 1], feats[0])
     eoi = best.model.language_model.get_input_embeddings().weight[best.ids["<end_of_image>"]]

@@ -325,35 +325,6 @@ def test_mmu_generation_reads_the_image(adapter):
     assert one[0] == adapter.generate_text([Request("a", q, [drawn_image(1, size=56)], {"max_new_tokens": 4})])[0]
 
 
-class _ScriptedModel:
-    """Stands in for the network: row r emits token script[r][i] at step i."""
-
-    def __init__(self, script, vocab):
-        self.script, self.vocab, self.i = script, vocab, 0
-
-    def step(self, state, token):
-        self.i += 1
-        logits = torch.zeros(len(self.script), self.vocab)
-        for r, row in enumerate(self.script):
-            logits[r, row[min(self.i, len(row) - 1)]] = 1.0
-        return logits
-
-
-def test_greedy_stops_each_row_at_eos_or_eot_and_the_batch_when_all_stopped(adapter):
-    eos, eot = adapter.tokenizer.eos_token_id, adapter.ids["eot"]
-    script = [[5, 6, eos, 7, 7, 7, 7], [5, 6, 7, 8, eot, 9, 9]]
-    real = adapter.model
-    try:
-        adapter.model = _ScriptedModel(script, 128)
-        first = torch.zeros(2, 128)
-        first[0, 5], first[1, 5] = 1, 1
-        out = adapter.greedy(None, first, max_new_tokens=20)
-    finally:
-        adapter.model = real
-    assert out.shape[1] == 5  # stopped once the second row produced [EOT]
-    assert out[0, :3].tolist() == [5, 6, eos] and out[1].tolist() == [5, 6, 7, 8, eot]
-
-
 def test_sampling_follows_upstream_top_k_rules():
     logits = torch.tensor([[0.0, 5.0, 1.0, 4.0], [3.0, 0.0, 0.0, 2.0]])
     gens = [torch.Generator().manual_seed(i) for i in range(2)]

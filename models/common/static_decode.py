@@ -1,8 +1,10 @@
 """Static KV cache and CUDA-graph decoding for the attention backbones (Show-o's Phi, JanusFlow's Llama).
 
 The backbone supplies one function, `forward(ids, positions, attend) -> logits`, that runs its own modules
-(embedding, norms, projections, rotary, MLP, head) and leaves attention to `attend(layer, q, k, v)`. This
-module supplies the two `attend`s and everything around them:
+(embedding, norms, projections, rotary, MLP, head) and leaves attention to `attend(layer, q, k, v)`. A prompt
+that carries more than token ids (image embeddings in place of placeholders) is prefilled from its input
+embeddings: `forward(ids, positions, attend, embeds)` then reads `embeds` instead of embedding `ids`; decode
+steps always embed their token. This module supplies the two `attend`s and everything around them:
 
 - prefill: keys/values of the prompt go into K/V buffers preallocated for the prompt plus a decode budget;
   attention is plain SDPA over the prompt (`is_causal`, flash kernel on GPU) or under the prompt's mask.
@@ -32,8 +34,8 @@ GRAPH_WARMUP_STEPS = 2
 
 # attend(layer, q, k, v) -> attention output (B, heads, n, head_dim); q, k, v (B, heads, n, head_dim) after rotary
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# forward(ids (B, n), positions (B, n), attend) -> fp32 logits of the last position (B, V)
-Forward = Callable[[torch.Tensor, torch.Tensor, Attend], torch.Tensor]
+# forward(ids (B, n), positions (B, n), attend[, embeds (B, n, D)]) -> fp32 logits of the last position (B, V)
+Forward = Callable[..., torch.Tensor]
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -87,10 +89,11 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Reads `ids` (B, n) at rotary `positions` (B, n). `valid` (B, n) is False at left padding (those
         keys stay hidden from every decode step); `mask` (B, 1, n, n) boolean is the prefill's attention
-        mask, None for plain causal attention. Returns the last position's logits (B, V)."""
+        mask, None for plain causal attention; `embeds` (B, n, D), when given, are the input embeddings
+        that `forward` reads instead of embedding `ids`. Returns the last position's logits (B, V)."""
         b, n = ids.shape
         self.graph = self._graph_out = None
         self.k, self.v = [], []  # free the old buffers before allocating the new ones
@@ -105,7 +108,8 @@ class StaticDecoder:
             self.v[layer][:, :, :n] = v
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and n > 1)
 
-        self.logits = self.forward(ids, positions, attend)
+        self.logits = (self.forward(ids, positions, attend) if embeds is None
+                       else self.forward(ids, positions, attend, embeds))
         self.mask = torch.full((b, 1, 1, cap), float("-inf"), device=self.device, dtype=self.dtype)
         if valid is None:
             self.mask[..., :n] = 0.0

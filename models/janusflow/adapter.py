@@ -7,9 +7,9 @@ model_args:
   tokenizer, built on the device: for speed and memory measurement only, its outputs are noise).
 - `mode=best` (default): the text-to-image prompt is run once and cached for all ODE steps;
   `prefill`/`decode_step` (the speed sweep's) decode over a static KV cache, in a CUDA graph on GPU
-  (models/common/static_decode.py). `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt
-  at every step, and transformers' dynamic KV cache, eager. Text decoding for understanding uses the
-  dynamic KV cache in both modes, as upstream's `generate(use_cache=True)`.
+  (models/common/static_decode.py), and understanding decodes through them: what is evaluated is what is timed.
+  `mode=as_published`: upstream's loop, whose cache bug recomputes the prompt at every step, and
+  transformers' dynamic KV cache, eager, for understanding too, as upstream's `generate(use_cache=True)`.
 - `system_prompt=` for understanding (default: VLChatProcessor's; `system_prompt=` empty for none).
 - text-to-image: `cfg_weight` (default 2.0) and `num_inference_steps` (default 30), the README's call.
 
@@ -18,6 +18,7 @@ on CUDA when flash-attn is installed.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -27,8 +28,10 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol, random_weights_warning
+from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
+from models.common.decode import decode_answers, greedy, token_limits
+from models.common.dtypes import bfloat16_on_cuda, resolve_dtype
 from models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
 from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
@@ -36,8 +39,6 @@ from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_
                          tiny_checkpoint)
 from .modeling_janusflow import JanusFlow, attn_implementation, llama_last_logits, rectified_flow_sample
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 MODES = ("best", "as_published")
 
 
@@ -83,9 +84,10 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
 
     For the speed sweep:
     - `prefill(input_ids, max_new_tokens=0)`: reads a (B, L) batch of token ids (left-padded with the pad
-      id) through the language model, filling its KV cache; returns a `DecodeState` (as_published:
-      transformers' dynamic cache) or a `StaticDecoder` (best: static cache sized for `max_new_tokens`,
-      default 512, grown past it; CUDA graph on GPU), whose `logits` are (B, V).
+      id; or, with `attention_mask` and `embeds`, `mmu_inputs`' prompt with its image embeddings) through the
+      language model, filling its KV cache; returns a `DecodeState` (as_published: transformers' dynamic
+      cache) or a `StaticDecoder` (best: static cache sized for `max_new_tokens`, default 512, grown past
+      it; CUDA graph on GPU), whose `logits` are (B, V). `generate_text` decodes through the same two calls.
     - `decode_step(state, token)`: feeds one token per row (B,) and returns the next logits (B, V).
     - `speed_context(length)`: (1, length) ordinary text token ids (no pad, image or special token).
     """
@@ -105,12 +107,7 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
 
     def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        elif dtype in _DTYPES:
-            torch_dtype = _DTYPES[dtype]
-        else:
-            raise OmnibenchError(f"unknown dtype '{dtype}' for model janusflow (known: auto, {', '.join(_DTYPES)})")
+        torch_dtype = resolve_dtype(dtype, device, self.name, auto=bfloat16_on_cuda)
         args = self.args
         preset, self.mode = args["preset"], args["mode"]
         self.cfg_weight, self.steps = args["cfg_weight"], args["num_inference_steps"]
@@ -163,10 +160,11 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
     # -- understanding --
-    def mmu_inputs(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded input embeddings (B, L, D) and attention mask (B, L): the chat prompt with each
-        image's placeholder expanded to <begin_of_image> + n x <image_placeholder> + <end_of_image>,
-        <begin_of_image> and the placeholders then replaced by the image embeddings."""
+    def mmu_inputs(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids (B, L), attention mask (B, L) and input embeddings (B, L, D) -- `prefill`'s
+        arguments: the chat prompt with each image's placeholder expanded to <begin_of_image> + n x
+        <image_placeholder> + <end_of_image>, whose embeddings (<begin_of_image> and the placeholders) are
+        then replaced by the image embeddings."""
         rows, slots = [], []
         for req in requests:
             user = "".join(f"{IMAGE_TAG}\n" for _ in req.images) + req.prompt
@@ -194,7 +192,7 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
                     at = width - len(row) + start
                     embeds[i, at:at + feats.shape[1]] = feats[k]
                     k += 1
-        return embeds, mask
+        return ids, mask, embeds
 
     def speed_context(self, length: int) -> torch.Tensor:
         return speed_context_ids(length, self.tokenizer)
@@ -202,30 +200,20 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 embeds: torch.Tensor | None = None, max_new_tokens: int = 0) -> DecodeState | StaticDecoder:
-        input_ids = input_ids.to(self._device)
-        if attention_mask is None:
-            attention_mask = (input_ids != self.pad_id).long()
-        attention_mask = attention_mask.to(self._device)
-        if self.mode == "best" and embeds is None:
-            return self._prefill_static(input_ids, attention_mask.bool(), max_new_tokens or DECODE_BUDGET)
-        embeds = self._embed(input_ids) if embeds is None else embeds
-        return self._prefill(embeds, attention_mask)
-
-    def _prefill_static(self, ids: torch.Tensor, valid: torch.Tensor, budget: int) -> StaticDecoder:
-        lm = self.model.language_model
+        ids = input_ids.to(self._device)
+        mask = (ids != self.pad_id).long() if attention_mask is None else attention_mask.to(self._device)
+        positions, lm = self._positions(mask), self.model.language_model
+        if self.mode == "as_published":  # transformers' dynamic cache, as upstream's generate(use_cache=True)
+            hidden, cache = self._lm(self._embed(ids) if embeds is None else embeds, mask, positions)
+            return DecodeState(cache, mask, positions[:, -1] + 1, lm.lm_head(hidden[:, -1]).float())
         attn = lm.model.layers[0].self_attn
-        decoder = StaticDecoder(lambda i, p, attend: llama_last_logits(lm, i, p, attend), len(lm.model.layers),
+        decoder = StaticDecoder(functools.partial(llama_last_logits, lm), len(lm.model.layers),
                                 attn.k_proj.out_features // attn.head_dim, attn.head_dim, self._device,
-                                lm.lm_head.weight.dtype, budget)
-        mask = None if bool(valid.all()) else padded_causal_mask(valid)
-        decoder.prefill(ids, self._positions(valid.long()), valid=valid, mask=mask)
+                                lm.lm_head.weight.dtype, max_new_tokens or DECODE_BUDGET)
+        valid = mask.bool()
+        decoder.prefill(ids, positions, valid=valid, mask=None if bool(valid.all()) else padded_causal_mask(valid),
+                        embeds=embeds)
         return decoder
-
-    def _prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> DecodeState:
-        positions = self._positions(attention_mask)
-        hidden, cache = self._lm(embeds, attention_mask, positions)
-        logits = self.model.language_model.lm_head(hidden[:, -1]).float()
-        return DecodeState(cache, attention_mask, positions[:, -1] + 1, logits)
 
     @torch.inference_mode()
     def decode_step(self, state: DecodeState | StaticDecoder, token: torch.Tensor) -> torch.Tensor:
@@ -241,23 +229,10 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
 
     @torch.inference_mode()
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
-        limits = [int(r.gen_kwargs.get("max_new_tokens", 512)) for r in requests]  # README: 512
-        state = self._prefill(*self.mmu_inputs(requests))
-        done = torch.zeros(len(requests), dtype=torch.bool, device=self._device)
-        out = []
-        for step in range(max(limits)):
-            token = torch.where(done, self.eos_id, state.logits.argmax(-1))
-            out.append(token)
-            done |= token == self.eos_id
-            if bool(done.all()) or step == max(limits) - 1:
-                break
-            self.decode_step(state, token)
-        texts = []
-        for row, limit in zip(torch.stack(out, 1).tolist(), limits):
-            row = row[:limit]
-            row = row[:row.index(self.eos_id)] if self.eos_id in row else row
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return texts
+        limits = token_limits(requests, 512)  # README: 512
+        state = self.prefill(*self.mmu_inputs(requests), max_new_tokens=max(limits))
+        tokens = greedy(state.logits, lambda token: self.decode_step(state, token), {self.eos_id}, max(limits))
+        return decode_answers(self.tokenizer, tokens, limits, {self.eos_id})
 
     # -- text-to-image --
     def t2i_prompt(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -184,13 +184,14 @@ def rectified_flow_sample(velocity_fn: Callable[[torch.Tensor, torch.Tensor], to
 
 
 def llama_last_logits(lm: LlamaForCausalLM, ids: torch.Tensor, positions: torch.Tensor,
-                      attend: Attend) -> torch.Tensor:
+                      attend: Attend, embeds: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 logits (B, V) of the last of `ids` (B, n) at `positions` (B, n): LlamaForCausalLM's forward
     through its own modules (embedding, rotary, RMSNorms, projections, MLP, head), with the attention
     proper left to `attend(layer, q, k, v)` -- the body the static-cache decoder runs (models/common/static_decode.py).
-    The softmax scale is SDPA's default, head_dim ** -0.5, as LlamaAttention's."""
+    `embeds` (B, n, D), when given, are the input embeddings (the understanding prompt, images inserted)
+    in place of the embedded `ids`. The softmax scale is SDPA's default, head_dim ** -0.5, as LlamaAttention's."""
     body = lm.model
-    x = body.embed_tokens(ids)
+    x = body.embed_tokens(ids) if embeds is None else embeds
     cos, sin = body.rotary_emb(x, positions)
     b, n = ids.shape
     for i, layer in enumerate(body.layers):

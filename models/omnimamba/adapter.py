@@ -18,15 +18,16 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol, random_weights_warning
+from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
+
+from models.common.decode import decode_answers, greedy, token_limits
+from models.common.dtypes import resolve_dtype
 
 from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
 from .modeling_omnimamba import DecodeState, OmniMamba
 
 DEFAULT_PRETRAINED = "hustvl/OmniMamba"
 NULL_CAPTION = "A picture"  # upstream MSCOCOFeatureDataset.null_prompt
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 
 
 def mmu_prompt(question: str) -> str:
@@ -77,9 +78,7 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
         # Upstream's inference scripts run the model in float32; "auto" does the same.
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise OmnibenchError(f"unknown dtype '{dtype}' for omnimamba (use auto, {', '.join(_DTYPES)})")
-        torch_dtype = _DTYPES.get(dtype, torch.float32)
+        torch_dtype = resolve_dtype(dtype, device, self.name, auto=torch.float32)
         args = self.args
         preset, self.mode = args["preset"], args["mode"]
         self.model: OmniMamba
@@ -97,7 +96,7 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         tok = self.tokenizer
         self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
                     ("<|mmu|>", "<|t2i|>", "<|soi|>", "<|eoi|>", "<|sot|>", "<|eot|>")}
-        self.stop_ids = torch.tensor(sorted({tok.eos_token_id, self.ids["eot"]}), device=device)
+        self.stop_ids = {tok.eos_token_id, self.ids["eot"]}
 
     @property
     def _device(self) -> torch.device:
@@ -133,27 +132,9 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
             state, logits = m.prefill(self.mmu_embeddings(r.prompt, feats.get(i)), "mmu")
             states.append(state)
             first.append(logits)
-        max_new = max(int(r.gen_kwargs.get("max_new_tokens", 1024)) for r in requests)
-        tokens = self.greedy(DecodeState.cat(states), torch.cat(first), max_new)
-        texts = []
-        for row, r in zip(tokens.tolist(), requests):
-            row = row[: int(r.gen_kwargs.get("max_new_tokens", 1024))]
-            stops = [j for j, t in enumerate(row) if t in self.stop_ids.tolist()]
-            texts.append(self.tokenizer.decode(row[: stops[0]] if stops else row, skip_special_tokens=True).strip())
-        return texts
-
-    def greedy(self, state: DecodeState, logits: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy decoding until every row has produced a stop token (EOS or [EOT]) or the budget ends."""
-        token = logits.argmax(-1)
-        done = torch.isin(token, self.stop_ids)
-        out = [token]
-        for _ in range(max_new_tokens - 1):
-            if bool(done.all()):
-                break
-            token = self.model.step(state, token).argmax(-1)
-            out.append(token)
-            done |= torch.isin(token, self.stop_ids)
-        return torch.stack(out, dim=1)
+        state, limits = DecodeState.cat(states), token_limits(requests, 1024)
+        tokens = greedy(torch.cat(first), lambda token: self.decode_step(state, token), self.stop_ids, max(limits))
+        return decode_answers(self.tokenizer, tokens, limits, self.stop_ids)
 
     # -- text to image --
     def t2i_ids(self, caption: str) -> list[int]:

@@ -11,6 +11,8 @@ import torch
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
 
+from models.common.dtypes import resolve_dtype
+
 # Longest context the graphs are captured for. Mamba-2's state has a fixed size, so this only bounds
 # the position counter; it costs no memory.
 MAX_SEQLEN = 1 << 20
@@ -26,14 +28,13 @@ class MambaSsmReference(ModelAdapter, SpeedProtocol):
         super().__init__(device, dtype, **model_args)
         if not str(device).startswith("cuda"):
             raise OmnibenchError("mamba2_ref runs mamba-ssm's CUDA-graph decode: it needs --device cuda")
+        torch_dtype = resolve_dtype(dtype, device, self.name, auto=torch.bfloat16)
         try:
             from mamba_ssm.models.config_mamba import MambaConfig
             from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
             from mamba_ssm.utils.generation import update_graph_cache
         except ImportError as exc:
             raise OmnibenchError(f"mamba2_ref needs mamba-ssm (pip install -e '.[gpu]'): {exc}") from exc
-        torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-                       "auto": torch.bfloat16}[dtype]
         cfg = MambaConfig(d_model=2048, n_layer=48, vocab_size=50288, ssm_cfg={"layer": "Mamba2"},
                           rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=16)
         torch.manual_seed(0)

@@ -6,11 +6,12 @@ model_args:
   microsoft/phi-1_5: Phi sizes and tokenizer); or `preset=tiny` (random weights, 16 px, for tests); or
   `preset=full` (the full-size architecture with random weights and a byte-level tokenizer, built on the
   device: for speed and memory measurement only, its outputs are noise).
-- `mode=best` (default): KV cache for text decoding, the text prefix of text-to-image computed once,
-  logits only where they are read; `prefill`/`decode_step` (the speed sweep's) decode over a static KV
-  cache, in a CUDA graph on GPU (models/common/static_decode.py). `mode=as_published`: upstream's cost model,
-  every new token and every denoising step recomputes the whole sequence and the full-vocabulary fp32
-  logits. Both give the same outputs up to floating-point rounding.
+- `mode=best` (default): text decoding over a static KV cache, in a CUDA graph on GPU
+  (models/common/static_decode.py) -- `prefill`/`decode_step`, the speed sweep's, which understanding
+  decodes through too; the text prefix of text-to-image computed once, logits only where they are read.
+  `mode=as_published`: upstream's cost model, every new token and every denoising step recomputes the
+  whole sequence and the full-vocabulary fp32 logits. Both give the same outputs up to floating-point
+  rounding.
 - text-to-image: `guidance_scale` (default 5), `generation_timesteps` (default 50), `temperature`
   (default 1.0): the README's t2i command; cosine mask schedule.
 
@@ -25,16 +26,16 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol, random_weights_warning
+from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
+from models.common.decode import decode_answers, greedy, token_limits
+from models.common.dtypes import resolve_dtype
 from models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
 from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, random_full, tiny_checkpoint
 from .magvit import image_transform, to_pil
 from .modeling_showo import KVCache, Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
-_DTYPES = {"auto": torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 MODES = ("best", "as_published")
 
 
@@ -45,16 +46,11 @@ def mmu_question(question: str) -> str:
 
 @dataclass
 class DecodeState:
-    """Text decoding state. `ids` (B, L) holds every token so far (left-padded); `cache` is the KV
-    cache in mode=best (None in mode=as_published, which recomputes from `ids`); `logits` (B, V) are
-    the last position's; `next_position` (B,) the position id of the next token; `padded` whether
-    any row has padding (then decode rows need a mask that hides it)."""
+    """mode=as_published text decoding state: every token so far, `ids` (B, L) left-padded, from which
+    each step recomputes; `logits` (B, V) are the last position's."""
 
     ids: torch.Tensor
-    cache: KVCache | None
     logits: torch.Tensor
-    next_position: torch.Tensor
-    padded: bool
 
 
 class ShowoAdapter(ModelAdapter, SpeedProtocol):
@@ -65,6 +61,7 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
       with image tokens: rows then see everything up to <|eoi|>) and returns a state whose `logits` are
       the last position's (B, V): mode=best a `StaticDecoder` (static KV cache sized for
       `max_new_tokens`, default 512, grown past it; CUDA graph on GPU), as_published a `DecodeState`.
+      `generate_text` decodes through the same two calls.
     - `decode_step(state, token)`: appends one token per row (B,) and returns the next logits (B, V).
       mode=best reads one position against the KV cache; mode=as_published recomputes the whole
       sequence with its dense mask, as upstream's `mmu_generate` does.
@@ -87,14 +84,13 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
 
     def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
         super().__init__(device, dtype, **model_args)
-        if dtype not in _DTYPES:
-            raise OmnibenchError(f"unknown dtype '{dtype}' for model showo (known: {', '.join(_DTYPES)})")
+        dtype = resolve_dtype(dtype, device, self.name, auto=torch.float32)  # as every upstream inference script
         args = self.args
         preset, self.mode = args["preset"], args["mode"]
         self.guidance_scale, self.timesteps = args["guidance_scale"], args["generation_timesteps"]
         self.temperature = args["temperature"]
         if preset == "full":
-            model, vq, self.tokenizer = random_full(device, _DTYPES[dtype])
+            model, vq, self.tokenizer = random_full(device, dtype)
         else:
             if preset == "tiny":
                 root = tiny_checkpoint()
@@ -102,8 +98,8 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
             else:
                 sources = (args["pretrained"], args["vq_model"], args["llm"])
             model, vq, self.tokenizer = from_pretrained(*sources)
-        self.model: Showo = model.to(device=device, dtype=_DTYPES[dtype])
-        self.vq = vq.to(device=device, dtype=_DTYPES[dtype])
+        self.model: Showo = model.to(device=device, dtype=dtype)
+        self.vq = vq.to(device=device, dtype=dtype)
         cfg = self.model.config
         self.cfg = cfg
         tok = self.tokenizer
@@ -157,9 +153,9 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState | StaticDecoder:
-        if self.mode == "as_published":
-            return self._prefill_cached(input_ids, max_new_tokens)
         ids = input_ids.to(self._device)
+        if self.mode == "as_published":
+            return DecodeState(ids, self._recomputed_logits(ids))
         cfg = self.cfg
         decoder = StaticDecoder(self._static_logits, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim,
                                 self._device, self.model.showo.lm_head.weight.dtype,
@@ -171,63 +167,22 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
     def decode_step(self, state: DecodeState | StaticDecoder, token: torch.Tensor) -> torch.Tensor:
         if isinstance(state, StaticDecoder):
             return state.step(token.to(self._device))
-        return self._decode_cached(state, token)
-
-    def _prefill_cached(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState:
-        """mode=best: the KV cache that generate_text decodes with; mode=as_published: no cache."""
-        ids = input_ids.to(self._device)
-        # as published: the dense mask, always (upstream builds it whatever the prompt)
-        mask = self._mask(ids) if self.mode == "best" else mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
-        cache = None
-        if self.mode == "best":
-            cache = KVCache(self.cfg, ids.shape[0], ids.shape[1] + max(max_new_tokens, 1), self._device,
-                            self.model.showo.lm_head.weight.dtype)
-        pos = self._positions(ids)
-        hidden = self.model.hidden(ids, mask, pos, cache)
-        if cache is None:  # upstream: fp32 logits for every position and the whole vocabulary
-            logits = self.model.logits(hidden)[:, -1]
-        else:
-            logits = self.model.logits(hidden[:, -1])
-        return DecodeState(ids, cache, logits, pos[:, -1] + 1, bool((ids == self.pad_id).any()))
-
-    def _decode_cached(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
-        token = token.to(self._device).view(-1, 1)
-        state.ids = torch.cat([state.ids, token], dim=1)
-        if state.cache is None:
-            ids = state.ids
-            mask = mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
-            state.logits = self.model.logits(self.model.hidden(ids, mask, self._positions(ids)))[:, -1]
-            return state.logits
-        mask = None  # the new row sees every cached position and itself ...
-        if state.padded:  # ... except the padding
-            mask = torch.cat([state.ids[:, :-1] != self.pad_id, torch.ones_like(token, dtype=torch.bool)], 1)
-            mask = mask[:, None, None, :]
-        hidden = self.model.hidden(token, mask, state.next_position[:, None], state.cache)
-        state.next_position = state.next_position + 1
-        state.logits = self.model.logits(hidden[:, -1])
+        state.ids = torch.cat([state.ids, token.to(self._device).view(-1, 1)], dim=1)
+        state.logits = self._recomputed_logits(state.ids)
         return state.logits
+
+    def _recomputed_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """As upstream's `mmu_generate`: the whole sequence under the dense mask (built whatever the prompt)
+        and fp32 logits for every position and the whole vocabulary; returns the last position's (B, V)."""
+        mask = mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
+        return self.model.logits(self.model.hidden(ids, mask, self._positions(ids)))[:, -1]
 
     @torch.inference_mode()
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
-        max_new = max(int(r.gen_kwargs.get("max_new_tokens", 100)) for r in requests)
-        state = self._prefill_cached(self.mmu_ids(requests), max_new)
-        done = torch.zeros(len(requests), dtype=torch.bool, device=self._device)
-        out = []
-        for step in range(max_new):
-            token = state.logits.argmax(-1)  # upstream: top_k=1
-            token = torch.where(done, self.eos_id, token)
-            out.append(token)
-            done |= token == self.eos_id
-            if bool(done.all()) or step == max_new - 1:
-                break
-            self._decode_cached(state, token)
-        texts = []
-        for i, row in enumerate(torch.stack(out, 1).tolist()):
-            limit = int(requests[i].gen_kwargs.get("max_new_tokens", 100))
-            row = row[:limit]
-            row = row[:row.index(self.eos_id)] if self.eos_id in row else row
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return texts
+        limits = token_limits(requests, 100)  # greedy, as upstream's top_k=1
+        state = self.prefill(self.mmu_ids(requests), max_new_tokens=max(limits))
+        tokens = greedy(state.logits, lambda token: self.decode_step(state, token), {self.eos_id}, max(limits))
+        return decode_answers(self.tokenizer, tokens, limits, {self.eos_id})
 
     # -- text-to-image --
     def t2i_prefix(self, prompts: list[str]) -> list[list[int]]:

@@ -71,8 +71,7 @@ class ShowoConfig:
 
 # --- backbone ---------------------------------------------------------------------------------------
 class KVCache:
-    """Preallocated per-layer keys/values, (B, heads, max_len, head_dim), grown when full; `length`
-    positions are filled."""
+    """Preallocated per-layer keys/values, (B, heads, max_len, head_dim); `length` positions are filled."""
 
     def __init__(self, cfg: ShowoConfig, batch: int, max_len: int, device, dtype):
         shape = (batch, cfg.num_attention_heads, max_len, cfg.head_dim)
@@ -84,10 +83,6 @@ class KVCache:
         """Keys/values of the cached positions followed by `k`, `v`. With `commit` the new ones are
         stored (they become part of the prefix); without, they are used for this call only."""
         end = self.length + k.shape[2]
-        if commit and end > self.k[layer].shape[2]:  # grow by doubling (rare: size it in advance)
-            grow = max(end, 2 * self.k[layer].shape[2]) - self.k[layer].shape[2]
-            pad = lambda t: torch.cat([t, t.new_empty(*t.shape[:2], grow, t.shape[3])], dim=2)  # noqa: E731
-            self.k[layer], self.v[layer] = pad(self.k[layer]), pad(self.v[layer])
         if commit:
             self.k[layer][:, :, self.length:end] = k
             self.v[layer][:, :, self.length:end] = v
@@ -190,9 +185,7 @@ class Showo(nn.Module):
         """Final-LayerNorm hidden states of `ids` (B, n). `mask` (B, 1, n, cached + n) boolean, or None
         for plain causal attention (no padding, no image: the speed sweep's text contexts);
         `position_ids` (n,) or (B, n). With a cache, `ids` follow its `length` cached positions."""
-        # mask None: plain causal attention, which lets SDPA pick its flash kernel; a single new row
-        # then sees every cached position.
-        causal = mask is None and ids.shape[1] > 1
+        causal = mask is None and ids.shape[1] > 1  # plain causal attention: SDPA may pick its flash kernel
         if cache is not None and causal and cache.length:
             raise ValueError("a causal block after cached positions needs an explicit mask")
 
