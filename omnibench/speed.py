@@ -27,7 +27,12 @@ from omnibench.config import scoped_args
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 23552, 32768, 65536, 100000)
-IMAGE_GEN_PROMPT = "A Picture"
+
+
+def image_gen_prompt() -> str:
+    """Table 3's prompt, as reports/paper/table3_gen_speed.json records it."""
+    from omnibench.report import paper_table
+    return (paper_table("table3_gen_speed") or {}).get("protocol", {}).get("prompt", "A Picture")
 
 
 @dataclass
@@ -286,7 +291,8 @@ def prompt_len(length: int) -> int:
 
 
 def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, Any]:
-    requests = [Request(f"speed_{i}", IMAGE_GEN_PROMPT, seed=i) for i in range(cfg.image_batch)]
+    prompt = image_gen_prompt()
+    requests = [Request(f"speed_{i}", prompt, seed=i) for i in range(cfg.image_batch)]
     timer = Timer(cfg.device)
     try:
         adapter.generate_images(requests[:1])  # warm-up: compile, graphs, allocator

@@ -14,9 +14,17 @@ from omnibench.speed import DEFAULT_LENGTHS, SweepConfig, as_dict, run_sweep
 from omnibench.speed_report import record_run, write_reports
 
 
+def paper_models() -> list[str]:
+    """The registered models of the paper's Fig. 1 (reports/paper/fig1_speed.json `models`)."""
+    from omnibench.report import paper_table
+    models = (paper_table("fig1_speed") or {}).get("models", {})
+    return list(dict.fromkeys(models.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_speed.py", description=__doc__)
-    p.add_argument("--models", default="omnimamba,showo,janusflow")
+    p.add_argument("--models", default=",".join(paper_models()), help="comma list (default: the models of the "
+                   "paper's Fig. 1, from reports/paper/fig1_speed.json)")
     p.add_argument("--modes", default="best", help="comma list of as_published, best")
     p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="context lengths in tokens")
     p.add_argument("--max-len", type=int, default=None, help="drop lengths above this")

@@ -13,7 +13,6 @@ from omnibench.speed import with_totals
 
 GIB = 1024 ** 3
 # The paper's ratio claims (Fig. 1(c)(d)): baseline, metric, context length in tokens.
-CLAIM_LENGTHS = {"16K": 16384, "23K": 23552, "100K": 100000}
 
 
 def _gib(value: Any) -> float | None:
@@ -52,25 +51,27 @@ def _point(points: list[dict[str, Any]], model: str, mode: str, length: int) -> 
 
 
 def ratio_rows(points: list[dict[str, Any]], ours_mode: str, baseline_mode: str) -> list[dict[str, Any]]:
-    """Our speedup (total time ratio) and memory saving of omnimamba (in `ours_mode`) against each
-    baseline (in `baseline_mode`) at the paper's claim lengths, beside the paper's numbers."""
-    fig = paper_table("fig1_speed") or {"claims": []}
+    """The paper's model's speedup (total time ratio) and memory saving (in `ours_mode`) against each
+    baseline (in `baseline_mode`) at the paper's claim lengths, beside the paper's numbers. Which models
+    and lengths those are is data (reports/paper/fig1_speed.json: `models`, `seq_len_tokens`)."""
+    fig = paper_table("fig1_speed") or {"claims": [], "models": {}, "seq_len_tokens": {}}
+    name = fig["models"].get("ours")
     rows = []
     for claim in fig["claims"]:
-        baseline = "showo" if claim["vs"].lower().startswith("show") else "janusflow"
-        length = CLAIM_LENGTHS.get(claim["seq_len"])
-        ours, theirs = _point(points, "omnimamba", ours_mode, length), _point(points, baseline, baseline_mode, length)
+        baseline = fig["models"].get(claim["vs"])
+        length = fig["seq_len_tokens"].get(claim["seq_len"])
+        ours, theirs = _point(points, name, ours_mode, length), _point(points, baseline, baseline_mode, length)
         value = None
         if ours and theirs:
             if claim["metric"] == "inference_time_speedup" and ours.get("total_seconds") and theirs.get("total_seconds"):
                 value = theirs["total_seconds"] / ours["total_seconds"]
             elif claim["metric"] == "gpu_memory_reduction" and _peak(ours) and _peak(theirs):
                 value = 100 * (1 - _peak(ours) / _peak(theirs))
-        rows.append({"omnimamba": ours_mode, "vs": f"{baseline} ({baseline_mode})", "metric": claim["metric"],
+        rows.append({name: ours_mode, "vs": f"{baseline} ({baseline_mode})", "metric": claim["metric"],
                      "length": length, "paper": f"{claim['value']}{claim['unit']}",
                      "measured": "-" if value is None else f"{value:.1f}{claim['unit']}",
                      "why missing": "" if value is not None else
-                     ("baseline point not ok (oom/timeout/not run)" if ours else "omnimamba point not ok / not run")})
+                     ("baseline point not ok (oom/timeout/not run)" if ours else f"{name} point not ok / not run")})
     return rows
 
 
@@ -82,10 +83,11 @@ RATIO_SETTINGS = (("best", "as_published", "paper's setting: OmniMamba's fast pa
 
 
 def image_table(points: list[dict[str, Any]]) -> pd.DataFrame:
-    paper = {r["model"].lower().replace("-", ""): r for r in (paper_table("table3_gen_speed") or {"rows": []})["rows"]}
+    table = paper_table("table3_gen_speed") or {"rows": [], "models": {}}
+    paper = {table["models"].get(r["model"]): r for r in table["rows"]}
     rows = []
     for p in sorted((p for p in points if p["kind"] == "image_gen"), key=lambda p: (p["model"], p["mode"])):
-        ref = paper.get(p["model"].lower())
+        ref = paper.get(p["model"])
         rows.append({"model": p["model"], "mode": p["mode"], "status": p["status"], "batch": p.get("batch"),
                      "images_per_s": p.get("images_per_second"), "total_s": p.get("total_seconds"),
                      "paper_images_per_s": ref and ref.get("gen_avg_images_per_s"),
@@ -188,7 +190,9 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
     if fig:
         parts.append(f"Paper: {fig['source']}, GPU: {fig.get('gpu')}.\n")
     img = image_table(points)
-    parts += ["## Image generation (Table 3 setting: batch 16, 256 px, prompt \"A Picture\")\n",
+    setting = (paper_table("table3_gen_speed") or {}).get("protocol", {})
+    parts += [f"## Image generation (Table 3 setting: batch {setting.get('batch')}, {setting.get('resolution')} px, "
+              f"prompt \"{setting.get('prompt')}\")\n",
               img.to_markdown(index=False, floatfmt=".4g") if len(img) else "(not run)", ""]
     plots = plot(points, folder)
     parts.append("\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
