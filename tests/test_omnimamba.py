@@ -406,3 +406,43 @@ def test_siglip_tower_uses_the_exact_erf_gelu_as_upstream_timm():
     tanh = 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (1 + 0.044715)))
     assert abs(exact - tanh) > 1e-4
     assert torch.allclose(out, torch.full_like(out, exact), atol=1e-12, rtol=0)
+
+
+def _byte_ids(text: str) -> list[int]:
+    """Ids of a one-token-per-byte BPE tokenizer (models.common.presets.byte_bpe_tokenizer), worked out
+    from the GPT-2 byte alphabet itself: printable bytes stand for themselves, space is 'Ġ', newline 'Ċ'."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    alphabet = sorted(table.values())
+    return [alphabet.index(table[b]) for b in text.encode()]
+
+
+@pytest.mark.parametrize("template, text", [
+    ("inference", "USER: Is there a cat? ASSISTANT:"),
+    ("training", "In: Is there a cat?\nOut: "),
+])
+def test_prompt_templates_token_for_token(template, text):
+    from models.common.presets import byte_bpe_tokenizer
+    from models.omnimamba.adapter import mmu_prompt
+
+    tok = byte_bpe_tokenizer([], bos="<|endoftext|>", eos="<|endoftext|>")
+    ids = tok(mmu_prompt(" <image>\nIs there a cat?" if template == "training" else "Is there a cat?", template)).input_ids
+    assert ids == _byte_ids(text)
+    if template == "training":  # the trailing space is a token of its own, as in the training data
+        assert ids[-1] == _byte_ids(" ")[0] and len(ids) == len(text)
+
+
+def test_prompt_argument_reaches_the_model_input_and_the_run_identity():
+    from models.omnimamba import OmniMambaAdapter
+
+    adapter = OmniMambaAdapter(preset="tiny", prompt="training")
+    assert adapter.mmu_text_ids("Is it red?") == adapter.tokenizer("In: Is it red?\nOut: ").input_ids
+    assert adapter.mmu_text_ids("Is it red?") != OmniMambaAdapter(preset="tiny").mmu_text_ids("Is it red?")
+    assert OmniMambaAdapter.resolved_config("auto", {"prompt": "training"}) != \
+        OmniMambaAdapter.resolved_config("auto", {})

@@ -30,8 +30,13 @@ DEFAULT_PRETRAINED = "hustvl/OmniMamba"
 NULL_CAPTION = "A picture"  # upstream MSCOCOFeatureDataset.null_prompt
 
 
-def mmu_prompt(question: str) -> str:
-    """Upstream's conversation template ("phi1.5": empty system, roles USER/ASSISTANT, sep " ")."""
+def mmu_prompt(question: str, template: str = "inference") -> str:
+    """`inference`: the released MMU script's conversation template ("phi1.5": empty system, roles
+    USER/ASSISTANT, sep " "). `training`: the stage-2 instruction data's, Cobra's MambaPromptBuilder
+    human turn ("<image>" removed, stripped, then "In: {q}\nOut: ", trailing space included: the answer
+    was tokenized on its own after it and ends in <|endoftext|>)."""
+    if template == "training":
+        return f"In: {question.replace('<image>', '').strip()}\nOut: "
     return f"USER: {question} ASSISTANT:"
 
 
@@ -73,6 +78,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
         Arg("top_k", int, 1, "text-to-image top-k (1: greedy, upstream's default; 0: all)"),
         Arg("cfg_scale", float, 1.0, "text-to-image classifier-free guidance (1: none, upstream's default)"),
+        Arg("prompt", str, "inference", "understanding prompt: the released inference script's 'USER: {q} "
+            "ASSISTANT:' or the stage-2 training data's 'In: {q}\\nOut: '", ("inference", "training")),
     )
 
     def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
@@ -106,12 +113,16 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         return torch.tensor([ids], dtype=torch.long, device=self._device)
 
     # -- understanding --
+    def mmu_text_ids(self, question: str) -> list[int]:
+        """The question in the chosen template, tokenized (GPT-NeoX adds no BOS)."""
+        return self.tokenizer(mmu_prompt(question, self.args["prompt"])).input_ids
+
     def mmu_embeddings(self, prompt: str, image_features: torch.Tensor | None) -> torch.Tensor:
         """[MMU][SOI] <729 image features> [EOI][SOT] prompt, plus MMU positions: (1, l, d)."""
         m = self.model
         if image_features is None:  # upstream's text-only layout: zeros where the image would be
             image_features = torch.zeros(1, m.config.vision.num_patches, m.config.d_model, device=self._device)
-        text = self.tokenizer(mmu_prompt(prompt)).input_ids
+        text = self.mmu_text_ids(prompt)
         head = m.text_embeddings(self._ids([self.ids["mmu"], self.ids["soi"]]))
         tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
         return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
