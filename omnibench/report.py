@@ -38,9 +38,10 @@ def measured_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def paper_layout_table(table: str, measured: dict[str, float], label: str) -> str:
+def paper_layout_table(table: str, measured: dict[str, float], label: str, checkpoint: str = "") -> str:
     """The paper's rows and columns (header `columns[i]` shows row field `keys[i]`) with our measured row
-    appended; a measured column the paper lacks (e.g. a val split) is added at the end."""
+    appended; a measured column the paper lacks (e.g. a val split) is added at the end. `checkpoint`
+    fills our row's checkpoint column, so it can be read against the row that names the same one."""
     ref = paper_table(table) or {"columns": ["Model"], "keys": ["model"], "rows": []}
     pairs = list(zip(ref["columns"], ref["keys"]))
     pairs += [(c, c) for c in measured if c not in ref["keys"]]
@@ -49,7 +50,8 @@ def paper_layout_table(table: str, measured: dict[str, float], label: str) -> st
     rows = [{h: (_fmt(r.get(k), digits[k]) if k in metric_keys else ("" if r.get(k) is None else str(r.get(k))))
              for h, k in pairs} for r in ref["rows"]]
     rows.append({h: (_fmt(measured.get(k), digits[k]) if k in metric_keys else "") for h, k in pairs}
-                | {h: f"**{label}**" for h, k in pairs if k == "model"})
+                | {h: f"**{label}**" for h, k in pairs if k == "model"}
+                | {h: checkpoint for h, k in pairs if k == "checkpoint"})
     frame = pd.DataFrame(rows, columns=[h for h, _ in pairs])
     source = f"Published rows: {ref['source']} ({ref.get('url', '')})." if "source" in ref else \
         "No published table found in reports/paper/."
@@ -66,8 +68,11 @@ def render_report(results: dict[str, Any]) -> str:
              f"Created: {manifest['created_utc']}\n"]
     if results.get("warnings"):
         parts.append("**Read before comparing:**\n\n" + "".join(f"- **{w}**\n" for w in results["warnings"]))
+    model_config = manifest.get("identity", {}).get("model_config", {})
+    checkpoint = (f"preset={model_config['preset']} (random weights)" if model_config.get("preset")
+                  else str(model_config.get("pretrained") or ""))
     for table, measured in measured_rows(results).items():
-        parts.append(f"## {table}\n\n{paper_layout_table(table, measured, label)}")
+        parts.append(f"## {table}\n\n{paper_layout_table(table, measured, label, checkpoint)}")
     parts.append("## All metrics\n")
     for task, metrics in results["results"].items():
         n = results["n_samples"][task]

@@ -324,7 +324,7 @@ def test_declared_arguments_are_printed_and_tasks_list_needs_no_model(capsys):
     assert "omnimamba" in capsys.readouterr().out
     assert main(["--model", "showo", "--model_args", "help", "--tasks", "pope"]) == 0
     out = capsys.readouterr().out
-    assert "guidance_scale: float (default 5.0)" in out and "mode: str {best, as_published} (default best)" in out
+    assert "pretrained: str (default showlab/show-o-512x512)" in out and "mode: str {best, as_published} (default best)" in out
     assert main(["--tasks", "pope,mmmu", "--task_args", "help"]) == 0
     out = capsys.readouterr().out
     assert "--task_args of task mmmu:" in out and "subjects: str" in out and "sample: bool (default False)" in out

@@ -213,3 +213,15 @@ def test_random_init_draws_every_matrix_small_and_keeps_norms():
     w = model.showo.model.layers[0].self_attn.q_proj.weight
     assert abs(w.std().item() - 0.02) < 0.002 and abs(model.showo.model.embed_tokens.weight.std().item() - 0.02) < 0.002
     assert torch.equal(model.showo.model.final_layernorm.weight, torch.ones(cfg.hidden_size))
+
+
+def test_text_to_image_defaults_are_each_checkpoints_published_settings():
+    from models.showo.adapter import ShowoAdapter, t2i_settings
+    from models.showo.checkpoint import DEFAULT_SHOWO
+
+    assert DEFAULT_SHOWO == "showlab/show-o-512x512"  # the paper's Table 1 Show-o row is the 512 px model
+    assert t2i_settings(1024, None, None) == (5.0, 50)  # 512 px README: guidance_scale=5 generation_timesteps=50
+    assert t2i_settings(256, None, None) == (1.75, 16)  # 256 px README demos: 1.75, 16
+    assert t2i_settings(256, 3.0, None) == (3.0, 16) and t2i_settings(1024, None, 7) == (5.0, 7)
+    adapter = ShowoAdapter(preset="tiny", guidance_scale="2")
+    assert (adapter.guidance_scale, adapter.timesteps) == (2.0, 50)

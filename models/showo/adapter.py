@@ -12,8 +12,8 @@ model_args:
   `mode=as_published`: upstream's cost model, every new token and every denoising step recomputes the
   whole sequence and the full-vocabulary fp32 logits. Both give the same outputs up to floating-point
   rounding.
-- text-to-image: `guidance_scale` (default 5), `generation_timesteps` (default 50), `temperature`
-  (default 1.0): the README's t2i command; cosine mask schedule.
+- text-to-image: `guidance_scale`, `generation_timesteps` (default: the checkpoint's published
+  setting, `T2I_DEFAULTS`), `temperature` (default 1.0); cosine mask schedule.
 
 dtype `auto` is float32, as every upstream inference script runs.
 """
@@ -37,6 +37,11 @@ from .magvit import image_transform, to_pil
 from .modeling_showo import KVCache, Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
 MODES = ("best", "as_published")
+# Text-to-image settings each checkpoint was published with, by its image-token grid: the 512 px model's
+# README T2I command (guidance_scale=5 generation_timesteps=50); the 256 px model's README demos (its only
+# published mask-prediction settings: inpainting and extrapolation, guidance_scale=1.75 generation_timesteps=16).
+T2I_DEFAULTS = {1024: {"guidance_scale": 5.0, "generation_timesteps": 50},
+                256: {"guidance_scale": 1.75, "generation_timesteps": 16}}
 
 
 def mmu_question(question: str) -> str:
@@ -51,6 +56,14 @@ class DecodeState:
 
     ids: torch.Tensor
     logits: torch.Tensor
+
+
+def t2i_settings(num_vq_tokens: int, guidance_scale: float | None, timesteps: int | None) -> tuple[float, int]:
+    """The given T2I settings, each unset one from the checkpoint's published setting (by its token grid;
+    a grid no checkpoint was published with, e.g. the tiny preset's, takes the 512 px model's)."""
+    published = T2I_DEFAULTS.get(num_vq_tokens, T2I_DEFAULTS[1024])
+    return (published["guidance_scale"] if guidance_scale is None else guidance_scale,
+            published["generation_timesteps"] if timesteps is None else timesteps)
 
 
 class ShowoAdapter(ModelAdapter, SpeedProtocol):
@@ -70,15 +83,18 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
 
     name = "showo"
     ARGS = (
-        Arg("pretrained", str, DEFAULT_SHOWO, "Show-o checkpoint: a folder or hub id (showlab/show-o-512x512 for 512 px)"),
+        Arg("pretrained", str, DEFAULT_SHOWO, "Show-o checkpoint: a folder or hub id (default: the 512 px model "
+            "of the paper's Table 1; showlab/show-o for 256 px)"),
         Arg("vq_model", str, DEFAULT_MAGVIT, "MAGVIT-v2 tokenizer: a folder or hub id"),
         Arg("llm", str, None, "Phi config and tokenizer (default: the checkpoint's llm_model_path)"),
         Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
             "(speed and memory only)", ("tiny", "full")),
         Arg("mode", str, "best", "best: KV cache, static-cache CUDA-graph decode; as_published: "
             "upstream's full recomputation", MODES),
-        Arg("guidance_scale", float, 5.0, "text-to-image classifier-free guidance"),
-        Arg("generation_timesteps", int, 50, "text-to-image mask-prediction steps"),
+        Arg("guidance_scale", float, None, "text-to-image classifier-free guidance (default: the checkpoint's "
+            "published setting, see T2I_DEFAULTS)"),
+        Arg("generation_timesteps", int, None, "text-to-image mask-prediction steps (default: the checkpoint's "
+            "published setting)"),
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
     )
 
@@ -87,7 +103,7 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         dtype = resolve_dtype(dtype, device, self.name, auto=torch.float32)  # as every upstream inference script
         args = self.args
         preset, self.mode = args["preset"], args["mode"]
-        self.guidance_scale, self.timesteps = args["guidance_scale"], args["generation_timesteps"]
+        self.guidance_scale, self.timesteps = args["guidance_scale"], args["generation_timesteps"]  # set below
         self.temperature = args["temperature"]
         if preset == "full":
             model, vq, self.tokenizer = random_full(device, dtype)
@@ -107,6 +123,7 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.sp = {t: tok.convert_tokens_to_ids(t) for t in ("<|soi|>", "<|eoi|>", "<|t2i|>", "<|mmu|>")}
         self.resolution = int(round(cfg.num_vq_tokens ** 0.5)) * vq.config.downsample
+        self.guidance_scale, self.timesteps = t2i_settings(cfg.num_vq_tokens, self.guidance_scale, self.timesteps)
 
     @property
     def _device(self) -> torch.device:

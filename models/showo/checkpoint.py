@@ -33,7 +33,8 @@ from omnibench.protocol import OmnibenchError
 from .magvit import MAGVITv2, MagvitConfig
 from .modeling_showo import SPECIAL_TOKENS, Showo, ShowoConfig
 
-DEFAULT_SHOWO = "showlab/show-o"
+# The checkpoint the OmniMamba paper's Table 1 compares against (its Show-o row: 512 px).
+DEFAULT_SHOWO = "showlab/show-o-512x512"
 DEFAULT_MAGVIT = "showlab/magvitv2"
 TINY_SEED = 0
 FULL_SEED = 0
