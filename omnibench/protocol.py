@@ -158,6 +158,11 @@ class ModelAdapter(abc.ABC):
     def config(self) -> dict[str, Any]:
         return {"model": self.name, "dtype": self.dtype, **self.args}
 
+    def provenance(self) -> dict[str, Any]:
+        """Where this model's weights came from beyond its arguments (e.g. a submodule read from its own
+        published file); recorded in the manifest of a run that loaded the model."""
+        return {}
+
     @classmethod
     def weights_warning(cls, args: dict[str, Any]) -> str | None:
         """A line for reports when these arguments give a model whose scores mean nothing about the

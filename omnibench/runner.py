@@ -364,8 +364,10 @@ class Runner:
             "warnings": self._warnings(counts),
             "timing": timing,
             "exports": exports,
-            "manifest": build_manifest(cfg.to_dict(), fingerprints, {"world_size": self.world,
-                                                                     "identity": identity_info}, argv=cfg.argv),
+            "manifest": build_manifest(cfg.to_dict(), fingerprints, {
+                "world_size": self.world, "identity": identity_info,
+                "model_provenance": self._model.provenance() if self._model is not None else "model not loaded "
+                                    "(every sample came from the cache)"}, argv=cfg.argv),
         }
         text = json.dumps(out, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_text(self.dir / "history" / f"results_{stamp}.json", text)

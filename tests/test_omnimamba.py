@@ -237,7 +237,8 @@ def test_checkpoint_round_trip_keeps_every_official_tensor_and_the_outputs(tmp_p
     torch.manual_seed(1)
     original = OmniMamba(tiny_config()).eval()
     save_pretrained(original, tiny_base_tokenizer(), tmp_path)
-    loaded, tok = from_pretrained(str(tmp_path))
+    loaded, tok, sources = from_pretrained(str(tmp_path))
+    assert sources == {}
     a, b = official_state_dict(original), official_state_dict(loaded)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -446,3 +447,65 @@ def test_prompt_argument_reaches_the_model_input_and_the_run_identity():
     assert adapter.mmu_text_ids("Is it red?") != OmniMambaAdapter(preset="tiny").mmu_text_ids("Is it red?")
     assert OmniMambaAdapter.resolved_config("auto", {"prompt": "training"}) != \
         OmniMambaAdapter.resolved_config("auto", {})
+
+
+def _checkpoint_without(tmp_path, prefix, seed=5):
+    torch.manual_seed(seed)
+    original = OmniMamba(tiny_config()).eval()
+    save_pretrained(original, tiny_base_tokenizer(), tmp_path / "ckpt")
+    sd = official_state_dict(original)
+    torch.save({k: v for k, v in sd.items() if not k.startswith(prefix)}, tmp_path / "ckpt" / WEIGHTS_NAME)
+    return original, {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def test_a_checkpoint_lacking_the_vq_loads_it_from_its_own_published_file_and_says_so(tmp_path, caplog):
+    original, vq = _checkpoint_without(tmp_path, "llm_backbone.vqvae.")
+    torch.save({"model": vq}, tmp_path / "vq_ds16_t2i.pt")  # LlamaGen's layout: {"model": state dict}
+    with caplog.at_level("WARNING", logger="omnibench"):
+        loaded, _, sources = from_pretrained(str(tmp_path / "ckpt"), sources={"vq_weights": str(tmp_path / "vq_ds16_t2i.pt")})
+    assert sources == {"llm_backbone.vqvae": str(tmp_path / "vq_ds16_t2i.pt")}
+    assert "lacks llm_backbone.vqvae: loaded it from" in caplog.text
+    a, b = official_state_dict(original), official_state_dict(loaded)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_lacking_a_tower_without_its_weights_is_refused_naming_the_argument(tmp_path):
+    _checkpoint_without(tmp_path, "vision_backbone.siglip_featurizer.")
+    with pytest.raises(OmnibenchError, match=r"lacks the whole vision_backbone\.siglip_featurizer submodule .* "
+                                             r"pass --model_args siglip_weights=<file>") as err:
+        from_pretrained(str(tmp_path / "ckpt"), sources={"siglip_weights": str(tmp_path / "nowhere.bin")})
+    assert "\n" not in str(err.value)
+
+
+def test_a_tower_in_open_clip_layout_with_a_larger_position_grid_is_unwrapped_and_resampled(tmp_path):
+    from models.omnimamba.checkpoint import resample_pos_embed
+
+    original, tower = _checkpoint_without(tmp_path, "vision_backbone.dino_featurizer.")
+    rows = tower["pos_embed"].shape[1]
+    side = int(rows ** 0.5)
+    # A published grid 2 larger per side, wrapped as open_clip wraps timm towers.
+    big = torch.nn.functional.interpolate(tower["pos_embed"].reshape(1, side, side, -1).permute(0, 3, 1, 2),
+                                          size=(side + 2, side + 2), mode="bilinear").permute(0, 2, 3, 1)
+    published = {**tower, "pos_embed": big.reshape(1, (side + 2) ** 2, -1)}
+    torch.save({"visual.trunk." + k: v for k, v in published.items()}, tmp_path / "dino.bin")
+    loaded, _, sources = from_pretrained(str(tmp_path / "ckpt"), sources={"dino_weights": str(tmp_path / "dino.bin")})
+    got = official_state_dict(loaded)["vision_backbone.dino_featurizer.pos_embed"]
+    assert got.shape == tower["pos_embed"].shape
+    assert torch.equal(got, resample_pos_embed(published["pos_embed"], rows))
+    assert torch.equal(official_state_dict(loaded)["vision_backbone.dino_featurizer.blocks.0.attn.qkv.weight"],
+                       tower["blocks.0.attn.qkv.weight"])
+    # The resampler itself: the identity at the same size, and a constant field stays constant.
+    assert torch.equal(resample_pos_embed(tower["pos_embed"], rows), tower["pos_embed"])
+    flat = torch.ones(1, 16, 3)
+    assert torch.allclose(resample_pos_embed(flat, 9), torch.ones(1, 9, 3), atol=1e-5)
+
+
+def test_a_checkpoint_lacking_part_of_a_submodule_stays_a_strict_error(tmp_path):
+    torch.manual_seed(6)
+    m = OmniMamba(tiny_config())
+    save_pretrained(m, tiny_base_tokenizer(), tmp_path)
+    sd = torch.load(tmp_path / WEIGHTS_NAME, weights_only=True)
+    del sd["llm_backbone.vqvae.quant_conv.weight"]
+    torch.save(sd, tmp_path / WEIGHTS_NAME)
+    with pytest.raises(OmnibenchError, match=r"missing key\(s\) llm_backbone\.vqvae\.quant_conv\.weight"):
+        from_pretrained(str(tmp_path), sources={"vq_weights": "/nowhere"})

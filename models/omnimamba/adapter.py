@@ -78,6 +78,10 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
         Arg("top_k", int, 1, "text-to-image top-k (1: greedy, upstream's default; 0: all)"),
         Arg("cfg_scale", float, 1.0, "text-to-image classifier-free guidance (1: none, upstream's default)"),
+        Arg("dino_weights", str, None, "DINOv2 tower weights if the checkpoint lacks them (default: timm's "
+            "published file, from the local hub cache)"),
+        Arg("siglip_weights", str, None, "SigLIP tower weights if the checkpoint lacks them (default: timm's)"),
+        Arg("vq_weights", str, None, "VQ-16 weights if the checkpoint lacks them (default: LlamaGen's vq_ds16_t2i.pt)"),
         Arg("prompt", str, "inference", "understanding prompt: the released inference script's 'USER: {q} "
             "ASSISTANT:' or the stage-2 training data's 'In: {q}\\nOut: '", ("inference", "training")),
     )
@@ -89,11 +93,13 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         args = self.args
         preset, self.mode = args["preset"], args["mode"]
         self.model: OmniMamba
+        self.weight_sources: dict[str, str] = {}
         if preset == "full":  # full size, random weights, tiny tokenizer: for speed and memory only
             self.model, self.tokenizer = random_full(device, torch_dtype), add_task_tokens(tiny_base_tokenizer())
         else:
             source = str(tiny_checkpoint()) if preset == "tiny" else args["pretrained"]
-            self.model, self.tokenizer = from_pretrained(source, device, torch_dtype)
+            self.model, self.tokenizer, self.weight_sources = from_pretrained(
+                source, device, torch_dtype, {k: args[k] for k in ("dino_weights", "siglip_weights", "vq_weights")})
         # best: decode steps captured in CUDA graphs and the RMSNorms folded into the decode GEMVs
         # (fused.py); as_published: upstream's eager step loop on mamba-ssm's ops.
         best = self.mode == "best"
@@ -196,3 +202,6 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     @classmethod
     def weights_warning(cls, args: dict[str, Any]) -> str | None:
         return random_weights_warning(args["preset"])
+
+    def provenance(self) -> dict[str, Any]:
+        return {"submodules_from_their_own_weights": self.weight_sources}

@@ -9,6 +9,7 @@ task tokens; so do we, for every tokenizer, so their ids come out as upstream's.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from pathlib import Path
 
@@ -17,12 +18,22 @@ import torch
 from models.common.checkpoint_io import first_line, load_state_dict_file, read_json, resolve_checkpoint
 from omnibench.protocol import OmnibenchError
 
+log = logging.getLogger("omnibench")
+
 from .modeling_omnimamba import (SPECIAL_TOKENS, OmniMamba, OmniMambaConfig, load_official_state_dict,
                                  official_state_dict)
 from .vision import VisionConfig
 from .vq import VQConfig
 
 WEIGHTS_NAME = "OmniMamba-1.3b.pth"
+# Whole submodules that upstream builds from their own published weights before loading its checkpoint
+# non-strictly (timm's towers, LlamaGen's VQ): if the checkpoint lacks one entirely, it is taken from
+# there (a local file or folder, or the hub id in the local cache), by the model argument named here.
+SUBMODULE_SOURCES = {
+    "vision_backbone.dino_featurizer.": ("dino_weights", "timm/vit_large_patch14_reg4_dinov2.lvd142m", "model.safetensors"),
+    "vision_backbone.siglip_featurizer.": ("siglip_weights", "timm/ViT-SO400M-14-SigLIP-384", "open_clip_pytorch_model.bin"),
+    "llm_backbone.vqvae.": ("vq_weights", "peizesun/llamagen_t2i", "vq_ds16_t2i.pt"),
+}
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
 TINY_SEED = 0
 
@@ -50,8 +61,11 @@ def resolve_weights(pretrained: str) -> Path:
     return resolve_checkpoint(pretrained, "OmniMamba checkpoint", filename=WEIGHTS_NAME)
 
 
-def from_pretrained(pretrained: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a checkpoint folder, .pth file or hub id."""
+def from_pretrained(pretrained: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    sources: dict[str, str | None] | None = None):
+    """(model, tokenizer, provenance) from a checkpoint folder, .pth file or hub id. `sources` overrides
+    where a submodule the checkpoint lacks entirely is read from (SUBMODULE_SOURCES' argument names);
+    `provenance` says, per submodule taken from elsewhere, which file it came from."""
     weights = resolve_weights(pretrained)
     sd = load_state_dict_file(weights)  # first: a file that is no checkpoint fails before anything else
     folder = weights.parent
@@ -60,11 +74,68 @@ def from_pretrained(pretrained: str, device: str = "cpu", dtype: torch.dtype = t
     tokenizer = load_tokenizer(str(folder / "tokenizer") if (folder / "tokenizer").is_dir() else DEFAULT_TOKENIZER)
     with torch.device(device):
         model = OmniMamba(cfg)
+    sd, provenance = complete_submodules(sd, official_state_dict(model), weights, sources or {})
     try:
         load_official_state_dict(model, sd)
     except ValueError as exc:
         raise OmnibenchError(f"{weights}: {exc}") from exc
-    return model.to(dtype).eval(), tokenizer
+    return model.to(dtype).eval(), tokenizer, provenance
+
+
+def complete_submodules(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], weights: Path,
+                        sources: dict[str, str | None]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`sd` with every known submodule it lacks entirely read from that submodule's own published
+    weights (never left random); a submodule it has in part stays a strict-load error."""
+    sd, provenance = dict(sd), {}
+    for prefix, (arg, hub_id, filename) in SUBMODULE_SOURCES.items():
+        wanted = [k for k in expected if k.startswith(prefix)]
+        if not wanted or any(k.startswith(prefix) for k in sd):
+            continue
+        source = sources.get(arg) or hub_id
+        try:
+            path = resolve_checkpoint(source, f"{prefix.rstrip('.')} weights", filename=filename)
+        except OmnibenchError as exc:
+            raise OmnibenchError(f"{weights} lacks the whole {prefix.rstrip('.')} submodule ({len(wanted)} keys) "
+                                 f"and its published weights are not here ({first_line(exc)}): download them and "
+                                 f"pass --model_args {arg}=<file>") from None
+        inside = _unwrap(load_state_dict_file(path), [k[len(prefix):] for k in wanted])
+        if "pos_embed" in inside and prefix + "pos_embed" in expected:
+            inside["pos_embed"] = resample_pos_embed(inside["pos_embed"], expected[prefix + "pos_embed"].shape[1])
+        missing = [k for k in wanted if k[len(prefix):] not in inside]
+        if missing:
+            raise OmnibenchError(f"{path} does not hold the {prefix.rstrip('.')} weights the model needs (lacks "
+                                 f"{missing[0][len(prefix):]} and {len(missing) - 1} more): pass --model_args {arg}=<file>")
+        sd.update({k: inside[k[len(prefix):]] for k in wanted})
+        provenance[prefix.rstrip(".")] = str(path)
+        log.warning(f"{weights} lacks {prefix.rstrip('.')}: loaded it from {path}, its published weights "
+                    f"(as upstream's non-strict load keeps them)")
+    return sd, provenance
+
+
+def _unwrap(sd: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """`sd` under the names the model uses: a published file may nest them (open_clip's SigLIP file holds
+    timm's tower under `visual.trunk.`)."""
+    for wrapper in ("", "visual.trunk.", "module.", "model."):
+        if all(wrapper + n in sd for n in names if not n.endswith("pos_embed")):
+            return {k[len(wrapper):]: v for k, v in sd.items() if k.startswith(wrapper)}
+    return sd
+
+
+def resample_pos_embed(pos: torch.Tensor, rows: int) -> torch.Tensor:
+    """A (1, n, d) grid of position embeddings brought to `rows` = side^2 positions as timm does when a
+    tower is built at another image size (bicubic, antialiased, in float32): DINOv2's published 37x37
+    grid (518 px) to the 27x27 that upstream's 384 px tower uses."""
+    import torch.nn.functional as F
+
+    n, side = pos.shape[1], math.isqrt(rows)
+    if n == rows:
+        return pos
+    old = math.isqrt(n)
+    if old * old != n or side * side != rows:
+        raise OmnibenchError(f"cannot resample {n} position embeddings to {rows}: not square grids")
+    grid = pos.float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, rows, -1).to(pos.dtype)
 
 
 def save_pretrained(model: OmniMamba, tokenizer_base, folder: Path) -> None:
