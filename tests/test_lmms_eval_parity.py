@@ -40,6 +40,7 @@ except ImportError as exc:
 from models import MODELS
 from omnibench import data
 from omnibench import lmms as lmms_plugin
+from omnibench.args import Arg
 from omnibench.protocol import Doc, ModelAdapter
 from omnibench.registry import get_task_class
 from tasks import gqa, mme, mmmu, pope, vqav2
@@ -296,11 +297,12 @@ class ScriptedAdapter(ModelAdapter):
     """Replies `reply` followed by text after a stop string; remembers what it was asked."""
 
     name = "scripted"
+    ARGS = (Arg("reply", str, "", "what to answer"), Arg("answer_len", int, 0, "unused: a typed argument"))
     calls: list = []
 
     def generate_text(self, requests):
         ScriptedAdapter.calls.append((self, list(requests)))
-        return [f"{self.model_args['reply']}\n\nand more" for _ in requests]
+        return [f"{self.args['reply']}\n\nand more" for _ in requests]
 
 
 def test_lmms_eval_model_turns_instances_into_requests_and_cuts_at_stop(monkeypatch):
@@ -319,7 +321,7 @@ def test_lmms_eval_model_turns_instances_into_requests_and_cuts_at_stop(monkeypa
     assert [len(reqs) for _, reqs in ScriptedAdapter.calls] == [2, 2, 2]
     adapter, _ = ScriptedAdapter.calls[0]
     assert (adapter.device, adapter.dtype) == ("cpu", "bfloat16")
-    assert adapter.model_args == {"reply": "Yes", "answer_len": "1"}  # strings, as run_eval.py gives them
+    assert adapter.args == {"reply": "Yes", "answer_len": 1}  # parsed by the declaration, as in run_eval.py
     requests = [r for _, reqs in ScriptedAdapter.calls for r in reqs]
     for inst, req in zip(task.instances, requests):
         context, gen_kwargs, _, doc_id, task_name, split = inst.args

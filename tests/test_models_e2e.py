@@ -31,4 +31,6 @@ def test_tiny_preset_runs_every_task_end_to_end(model, tmp_path, capsys):
         images = sorted((folder / "images" / "coco_fid30k").glob("*.png"))
         assert len(images) == results["n_samples"]["coco_fid30k"]["total"]
         assert results["results"]["coco_fid30k"]["fid"] > 0
-    assert f"**{model} (omnibench, measured)**" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert f"**{model} (omnibench, measured, see warnings)**" in report
+    assert results["warnings"][0].startswith("random weights (preset=tiny)") and results["warnings"][0] in report
