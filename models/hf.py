@@ -61,12 +61,16 @@ def build_tiny_llava(folder: Path) -> None:
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # transformers writes no weights on a torch.distributed rank other than 0; here whichever rank holds
+    # the build lock writes the preset, so it decides for itself, and a folder short of files never ships.
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    require_files(folder, "tiny preset")
 
 
 def resolve_tiny() -> Path:
-    return build_once(cache_root() / "presets" / f"hf-tiny-llava-v{TINY_VERSION}", "config.json", build_tiny_llava)
+    return build_once(cache_root() / "presets" / f"hf-tiny-llava-v{TINY_VERSION}", build_tiny_llava)
 
 
 class HFAdapter(ModelAdapter):

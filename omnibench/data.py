@@ -2,6 +2,7 @@
 `datasets.load_dataset`, with images left encoded so one corrupt image fails one sample, not the run."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -68,18 +69,36 @@ def fingerprint(ds, source: str, split: str, config: str | None = None) -> dict[
             "fingerprint": getattr(ds, "_fingerprint", None)}
 
 
-def build_once(folder: Path, marker: str, build: Callable[[Path], None]) -> Path:
-    """`folder`, unless `folder/marker` exists already: `build(tmp)` writes it into a private temporary
-    folder that is then moved into place; a process that loses the race to another drops its copy."""
-    if (folder / marker).is_file():
+COMPLETE = ".omnibench-complete"
+
+
+def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """`folder`, built by `build(tmp)` unless it is complete already; safe across processes and ranks.
+
+    One process builds at a time (a file lock beside the folder, freed by the OS if its holder dies). It
+    builds into a private folder (`<name>.tmp<pid>`), writes the completion marker last, and renames the
+    result into place, so a reader never sees a half-built folder. Readers trust a folder only when its
+    marker is there: one without it (a builder killed mid-way, an older cache layout) is removed and
+    rebuilt. Private folders of dead builders are swept under the lock."""
+    from filelock import FileLock
+
+    if (folder / COMPLETE).is_file():
         return folder
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    if folder.exists():
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f"{folder.name}.lock")):
+        if (folder / COMPLETE).is_file():  # built by the process that held the lock before us
+            return folder
+        for stale in folder.parent.glob(f"{glob.escape(folder.name)}.tmp*"):  # the lock is ours: nobody is using them
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+        try:
+            tmp.mkdir()
+            build(tmp)
+            (tmp / COMPLETE).write_text(f"built by pid {os.getpid()}\n")
+            shutil.rmtree(folder, ignore_errors=True)  # no marker: never trusted
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -96,18 +115,16 @@ def write_sample(name: str, rows: list[dict[str, Any]], split: str, features=Non
     import datasets
 
     ds = datasets.Dataset.from_list(rows, features=features)
-    digest = hashlib.sha256(repr(sorted(ds.features.items())).encode() + str(ds.num_rows).encode())
+    digest = hashlib.sha256(repr((split, sorted(ds.features.items()), ds.num_rows)).encode())
     for row in rows:
         digest.update(repr({k: (hashlib.sha256(v["bytes"]).hexdigest() if isinstance(v, dict) and "bytes" in v else v)
                             for k, v in row.items()}).encode())
     folder = cache_root() / "samples" / f"{name}-{digest.hexdigest()[:12]}"
-    target = folder / "data" / f"{split}-00000-of-00001.parquet"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        ds.to_parquet(str(tmp))
-        tmp.replace(target)
-    return str(folder)
+
+    def build(tmp: Path) -> None:
+        (tmp / "data").mkdir()
+        ds.to_parquet(str(tmp / "data" / f"{split}-00000-of-00001.parquet"))
+    return str(build_once(folder, build))
 
 
 def drawn_image(seed: int, size: int = 64, shape: str = "square") -> Image.Image:

@@ -130,16 +130,15 @@ def write_sample() -> tuple[str, str]:
     blob = json.dumps({"info": {"description": "omnibench built-in sample"}, "images": images,
                        "annotations": annotations, "licenses": []}, sort_keys=True)
     folder = data.cache_root() / "samples" / f"coco_fid-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-    target = folder / "annotations" / "captions_val2014.json"
-    if not target.exists():
-        (folder / "val2014").mkdir(parents=True, exist_ok=True)
+
+    def build(tmp: Path) -> None:
+        (tmp / "val2014").mkdir()
         for k, img in enumerate(images):
-            data.drawn_image(k, size=64, shape=shapes[k % 2]).save(folder / "val2014" / img["file_name"], format="JPEG")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(blob)
-        tmp.replace(target)
-    return str(target), str(folder / "val2014")
+            data.drawn_image(k, size=64, shape=shapes[k % 2]).save(tmp / "val2014" / img["file_name"], format="JPEG")
+        (tmp / "annotations").mkdir()
+        (tmp / "annotations" / "captions_val2014.json").write_text(blob)
+    folder = data.build_once(folder, build)
+    return str(folder / "annotations" / "captions_val2014.json"), str(folder / "val2014")
 
 
 class CocoFid(Task):

@@ -219,17 +219,14 @@ def features(items: Sequence[Any], model, *, size: int, device: str = "cpu", bat
 
 def cached_stats(key: dict[str, Any], compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
     """(mu, sigma, n) of the features `compute()` returns, kept under the cache root by a hash of `key`
-    (everything that changes them: the image set, the preprocessing, the library, the weights)."""
+    (everything that changes them: the image set, the preprocessing, the library, the weights).
+    Computed by one process at a time: other ranks wait for it and read its result."""
     blob = json.dumps(key, sort_keys=True, default=str)
-    folder = data.cache_root() / "fid_stats"
-    path = folder / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return z["mu"], z["sigma"], int(z["n"])
-    feats = compute()
-    mu, sigma = feature_stats(feats)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, n=len(feats), key=blob)
-    tmp.replace(path)
-    return mu, sigma, len(feats)
+
+    def build(tmp: Path) -> None:
+        feats = compute()
+        mu, sigma = feature_stats(feats)
+        np.savez(tmp / "stats.npz", mu=mu, sigma=sigma, n=len(feats), key=blob)
+    folder = data.build_once(data.cache_root() / "fid_stats" / hashlib.sha256(blob.encode()).hexdigest()[:20], build)
+    with np.load(folder / "stats.npz") as z:
+        return z["mu"], z["sigma"], int(z["n"])

@@ -209,4 +209,4 @@ def tiny_checkpoint() -> Path:
             vae.save_pretrained(str(tmp / "vae"))
         except ImportError:
             pass
-    return build_once(cache_root() / "models" / f"janusflow-tiny-{digest}", "config.json", build)
+    return build_once(cache_root() / "models" / f"janusflow-tiny-{digest}", build)

@@ -206,4 +206,4 @@ def tiny_checkpoint() -> Path:
     def build(tmp: Path) -> None:
         torch.manual_seed(TINY_SEED)
         save_pretrained(OmniMamba(cfg), tiny_base_tokenizer(), tmp)
-    return build_once(cache_root() / "models" / f"omnimamba-tiny-{digest}", WEIGHTS_NAME, build)
+    return build_once(cache_root() / "models" / f"omnimamba-tiny-{digest}", build)

@@ -158,4 +158,4 @@ def tiny_checkpoint() -> Path:
         showo_cfg = json.loads(showo_file.read_text())
         showo_cfg["llm_model_path"] = str(root / "phi")
         showo_file.write_text(json.dumps(showo_cfg, indent=1))
-    return build_once(root, "magvitv2/config.json", build)
+    return build_once(root, build)
