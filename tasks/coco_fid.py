@@ -11,8 +11,12 @@ in the order of the hub row's `answer` list.
 
 Reference: `reference=all` (default) is every val2014 image of the source, the usual "full validation
 set" statistics, computed once and cached by source, size and network; `reference=sampled` is the
-images of the evaluated prompts only. Real and generated images alike are squared to `ref_size` (256:
-shorter side, then centre crop) and scored with clean-fid's clean mode (see tasks/fid.py).
+images of the evaluated prompts only. Real and generated images alike are squared to `ref_size` (256)
+by `ref_resize`: by default the field's recipe (U-ViT's centre-square crop then PIL Lanczos, as
+OmniMamba's data code and LlamaGen's T2I evaluation do), and scored with clean-fid's clean mode (see
+tasks/fid.py). `prompts_file=` evaluates a fixed prompt list (LlamaGen's coco_captions.csv) instead of
+the seeded draw. Every reference image is checked before generation starts, and the cached reference
+statistics are keyed by the images' content, not by their folder.
 The paper does not say which reference or resize it used, so the report states ours.
 
 Sources: `captions=<captions_val2014.json>` with `images=<val2014 folder>` (the official files),
@@ -90,19 +94,58 @@ def load_captions_json(captions: str, images: str | None) -> CocoVal:
         raise OmnibenchError(f"images folder not found: {images} (pass --task_args images=<val2014 folder>, "
                              f"the real images FID compares against)")
     raw = path.read_bytes()
-    ann = json.loads(raw)
-    files = {img["id"]: img["file_name"] for img in ann["images"]}
+    try:
+        ann = json.loads(raw)
+        files = {img["id"]: img["file_name"] for img in ann["images"]}
+        annotations = ann["annotations"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OmnibenchError(f"{captions} is not a COCO captions file ({type(exc).__name__}: {exc}): pass "
+                             f"captions=<captions_val2014.json>") from None
     by_image: dict[int, list[tuple[int, str]]] = {}
-    for a in ann["annotations"]:
+    for a in annotations:
         by_image.setdefault(a["image_id"], []).append((a["id"], a["caption"].strip()))
     captions_by_image = {i: [c for _, c in sorted(v)] for i, v in by_image.items() if i in files}
-    listing = hashlib.sha256()
-    for i in sorted(files):
-        f = Path(images) / files[i]
-        listing.update(f"{files[i]}:{f.stat().st_size if f.exists() else -1}\n".encode())
-    return CocoVal(captions_by_image, {i: str(Path(images) / files[i]) for i in files}, str(path),
-                   {"captions_sha256": hashlib.sha256(raw).hexdigest(), "images_dir": str(Path(images).resolve()),
-                    "image_files_sha256": listing.hexdigest()})
+    paths = {i: str(Path(images) / files[i]) for i in files}
+    check_reference_images([paths[i] for i in sorted(paths)])
+    # Keyed by content: a rewritten image changes it, a moved folder does not.
+    digests = data.file_digests([paths[i] for i in sorted(paths)], desc="hashing reference images")
+    listing = hashlib.sha256("".join(f"{files[i]}:{d}\n" for i, d in zip(sorted(paths), digests)).encode())
+    return CocoVal(captions_by_image, paths, str(path),
+                   {"captions_sha256": hashlib.sha256(raw).hexdigest(), "image_files_sha256": listing.hexdigest()})
+
+
+def check_reference_images(paths: Sequence[str]) -> None:
+    """Every reference image is there and is an image, before a single picture is generated (not after
+    30,000 of them): one line naming the first that is not."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    for path in tqdm(paths, desc="checking reference images", unit="image", disable=len(paths) < 1000):
+        try:
+            with Image.open(path) as img:
+                img.size  # the header parses
+        except FileNotFoundError:
+            raise OmnibenchError(f"reference image missing: {path} (the images= folder must hold every image of "
+                                 f"the captions file)") from None
+        except Exception as exc:
+            raise OmnibenchError(f"unreadable reference image {path}: {type(exc).__name__}: {exc} "
+                                 f"(replace it, or remove it from the captions file)") from None
+
+
+def load_prompt_file(path: str) -> list[str]:
+    """LlamaGen's / GigaGAN's fixed prompt list (`evaluations/t2i/coco_captions.csv`): tab-separated, one
+    column `Prompt`, 30,000 COCO captions."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except OSError as exc:
+        raise OmnibenchError(f"cannot read prompts_file {path}: {exc.strerror or exc}") from None
+    if not rows or "Prompt" not in rows[0]:
+        raise OmnibenchError(f"prompts_file {path} has no 'Prompt' column (LlamaGen's coco_captions.csv format: "
+                             f"tab-separated, header 'Prompt')")
+    return [r["Prompt"] for r in rows]
 
 
 def load_hub(data_dir: str | None) -> CocoVal:
@@ -159,6 +202,10 @@ class CocoFid(Task):
         Arg("prompt_seed", int, 0, "seed of the caption draw"),
         Arg("reference", str, "all", "reference images: all of val2014, or those of the drawn captions", REFERENCES),
         Arg("ref_size", int, 256, "side in pixels the reference and generated images are brought to"),
+        Arg("ref_resize", str, "crop_lanczos", "how an image becomes a square: the field's centre-square crop then "
+            "PIL Lanczos (U-ViT, LlamaGen), or shorter side bicubic then centre crop", fid.SQUARE_RECIPES),
+        Arg("prompts_file", str, None, "a fixed prompt list instead of the seeded draw (LlamaGen's "
+            "coco_captions.csv: tab-separated, column Prompt); the reference is then all of val2014"),
         Arg("inception", str, None, "local Inception weights file (default: the bundled or cached one)"),
         Arg("fid_device", str, None, "device for Inception features (default: cuda if available)"),
         Arg("fid_batch_size", int, 64, "Inception batch size"),
@@ -178,9 +225,18 @@ class CocoFid(Task):
             self.coco = load_captions_json(*write_sample())
         else:
             self.coco = load_hub(args["data_dir"])
-        self.pairs = sample_prompts(self.coco.captions, self.num_prompts, self.prompt_seed)
+        self.recipe = args["ref_resize"]
+        self.prompt_list = load_prompt_file(args["prompts_file"])[:self.num_prompts] if args["prompts_file"] else None
+        if self.prompt_list is not None and self.reference != "all":
+            raise OmnibenchError("reference=sampled needs the drawn captions' images: a prompts_file has no image "
+                                 "ids (use reference=all)")
+        self.pairs = [] if self.prompt_list is not None else \
+            sample_prompts(self.coco.captions, self.num_prompts, self.prompt_seed)
 
     def docs(self) -> Docs:
+        if self.prompt_list is not None:  # image_id None: a fixed prompt belongs to no reference image
+            return Docs([f"p{n:05d}" for n in range(len(self.prompt_list))], lambda n: {
+                "image_id": None, "caption_index": n, "caption": self.prompt_list[n]})
         return Docs([f"{i}_{k}" for i, k in self.pairs], lambda n: {
             "image_id": self.pairs[n][0], "caption_index": self.pairs[n][1],
             "caption": self.coco.captions[self.pairs[n][0]][self.pairs[n][1]]})
@@ -189,7 +245,8 @@ class CocoFid(Task):
         ids = "\n".join(self.docs().ids)
         weights = fid.inception_path(self.args["inception"], download=False)
         return {"source": self.coco.source, "split": "val2014", "num_rows": len(self.coco.captions),
-                **self.coco.identity, "num_prompts": len(self.pairs), "prompt_seed": self.prompt_seed,
+                **self.coco.identity, "num_prompts": len(self.docs()), "prompt_seed": self.prompt_seed,
+                "prompts_file": self.args["prompts_file"], "fid_ref_resize": self.recipe,
                 "prompt_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(), **fid.library_info(),
                 "fid_reference": self.reference, "fid_image_size": self.ref_size,
                 "inception_weights": str(weights) if weights else None,
@@ -208,7 +265,7 @@ class CocoFid(Task):
         fid.require()
         args = self.args
         device = args["fid_device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-        opts = {"size": self.ref_size, "device": device, "batch_size": args["fid_batch_size"],
+        opts = {"size": self.ref_size, "recipe": self.recipe, "device": device, "batch_size": args["fid_batch_size"],
                 "workers": args["fid_workers"] or min(8, os.cpu_count() or 1)}
         done = [r for r in records if r["image"]]
         if self.run_dir is None:
@@ -217,7 +274,8 @@ class CocoFid(Task):
         model = fid.load_inception(weights, device)
         ref_ids = sorted(self.coco.captions) if self.reference == "all" else sorted({r["image_id"] for r in records})
         key = {"reference": "coco_val2014", **self.coco.identity, "image_ids_sha256": hashlib.sha256(
-                   ",".join(map(str, ref_ids)).encode()).hexdigest(), "size": self.ref_size, **fid.library_info(),
+                   ",".join(map(str, ref_ids)).encode()).hexdigest(), "size": self.ref_size, "recipe": self.recipe,
+               **fid.library_info(),
                "inception_sha256": fid.file_sha256(weights)}
         mu_ref, sigma_ref, n_ref = fid.cached_stats(
             key, lambda: fid.features(self.coco.reference_items(ref_ids), model, **opts,

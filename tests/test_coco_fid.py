@@ -157,10 +157,26 @@ def test_fid_of_a_set_against_itself_is_zero():
     assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-6 * np.trace(sigma)
 
 
-def test_square_is_a_centre_crop_after_shorter_side_resize():
+def test_square_default_is_the_fields_centre_square_crop_then_lanczos():
+    """U-ViT's center_crop (OmniMamba's data code): img[(h-c)//2:(h+c)//2, (w-c)//2:(w+c)//2], then PIL
+    Lanczos to the size; odd margins included."""
+    rng = np.random.default_rng(0)
+    for w, h in [(61, 30), (30, 47), (64, 64), (100, 75)]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        c = min(w, h)
+        crop = arr[(h - c) // 2:(h + c) // 2, (w - c) // 2:(w + c) // 2]
+        expected = np.asarray(Image.fromarray(crop).resize((20, 20), Image.LANCZOS))
+        assert np.array_equal(np.asarray(fid.square(Image.fromarray(arr), 20)), expected), (w, h)
+    # not the other recipe: resizing first and cropping after gives other pixels
+    arr = rng.integers(0, 256, (30, 61, 3), dtype=np.uint8)
+    assert not np.array_equal(np.asarray(fid.square(Image.fromarray(arr), 20)),
+                              np.asarray(fid.square(Image.fromarray(arr), 20, "resize_bicubic_crop")))
+
+
+def test_square_resize_bicubic_crop_is_a_centre_crop_after_shorter_side_resize():
     img = Image.new("RGB", (60, 30))
     img.paste((255, 0, 0), (0, 0, 15, 30))  # red left quarter is cropped away
-    out = fid.square(img, 20)
+    out = fid.square(img, 20, "resize_bicubic_crop")
     assert out.size == (20, 20) and out.getpixel((0, 10))[0] < 30
     same = Image.new("RGB", (20, 20))
     assert fid.square(same, 20) is same
@@ -282,3 +298,44 @@ def test_bundled_weights_are_found_without_any_setting(monkeypatch, tmp_path):
     monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("OMNIBENCH_CACHE", str(tmp_path))
     assert fid.inception_path(download=False) == bundled
+
+
+def test_a_missing_or_unreadable_reference_image_stops_the_task_before_any_generation(tmp_path):
+    captions, images = write_coco(tmp_path, n_images=3)
+    victim = sorted(Path(images).iterdir())[1]
+    victim.unlink()
+    with pytest.raises(OmnibenchError, match=f"reference image missing: {victim}"):
+        CocoFid(captions=captions, images=images)
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(OmnibenchError, match=f"unreadable reference image {victim}"):
+        CocoFid(captions=captions, images=images)
+
+
+def test_reference_identity_follows_image_content_not_the_folder(tmp_path):
+    from tasks.coco_fid import load_captions_json
+
+    captions, images = write_coco(tmp_path / "a", n_images=3)
+    first = load_captions_json(captions, images).identity
+    moved = tmp_path / "moved"
+    Path(images).rename(moved)
+    assert load_captions_json(captions, str(moved)).identity == first  # a moved folder: same statistics
+    target = sorted(moved.iterdir())[0]
+    raw = bytearray(target.read_bytes())
+    raw[-10] ^= 0xFF  # same size, other content
+    target.write_bytes(bytes(raw))
+    assert load_captions_json(captions, str(moved)).identity != first
+
+
+def test_a_fixed_prompt_file_in_llamagens_format_replaces_the_draw(tmp_path):
+    captions, images = write_coco(tmp_path, n_images=3)
+    prompts = tmp_path / "coco_captions.csv"
+    prompts.write_text("Prompt\nA dog on a sofa.\nTwo cats, one grey.\nA red bus\n")
+    task = CocoFid(captions=captions, images=images, prompts_file=str(prompts), num_prompts="2")
+    docs = task.docs()
+    assert docs.ids == ["p00000", "p00001"]
+    assert [d.row["caption"] for d in docs] == ["A dog on a sofa.", "Two cats, one grey."]
+    with pytest.raises(OmnibenchError, match="reference=sampled needs the drawn captions' images"):
+        CocoFid(captions=captions, images=images, prompts_file=str(prompts), reference="sampled")
+    (tmp_path / "bad.csv").write_text("caption\nA dog\n")
+    with pytest.raises(OmnibenchError, match="has no 'Prompt' column"):
+        CocoFid(captions=captions, images=images, prompts_file=str(tmp_path / "bad.csv"))
