@@ -78,8 +78,8 @@ def test_greedy_budgets_of_one_and_none_take_no_step():
 class Words:
     """A tokenizer that spells ids as words; ids >= 10 are special (dropped with skip_special_tokens)."""
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        assert skip_special_tokens
+    def decode(self, ids: list[int], skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = True) -> str:
+        assert skip_special_tokens and not clean_up_tokenization_spaces  # the clean-up is done explicitly
         return "  " + " ".join(f"w{i}" for i in ids if i < 10) + " "
 
 
@@ -285,3 +285,25 @@ def test_an_unknown_dtype_is_one_line_naming_the_model_and_the_known_names(cls, 
     assert str(err.value) == (f"unknown dtype 'int8' for model {cls.name} "
                               "(known: auto, float32, fp32, bfloat16, bf16, float16, fp16)")
     assert list(DTYPES) == ["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+
+
+def test_clean_up_tokenization_is_transformers_4s():
+    from models.common.decode import clean_up_tokenization
+
+    assert clean_up_tokenization("Yes , it is . Is it ? No ! I do n't know , it 's there") == \
+        "Yes, it is. Is it? No! I don't know, it's there"
+    assert clean_up_tokenization("I 'm sure we 've seen they 're ' here ' .") == "I'm sure we've seen they're'here '."  # replacements in v4's order
+    assert clean_up_tokenization("3 . 5") == "3. 5"  # only the space before the mark goes
+
+
+def test_answers_are_cleaned_up_as_upstream_decoded_them_whatever_transformers_default():
+    from models.common.decode import decode_answers
+    from models.common.presets import byte_bpe_tokenizer
+
+    tok = byte_bpe_tokenizer([], bos="<s>", eos="</s>")
+    ids = tok("Yes , there is a cat .", add_special_tokens=False).input_ids
+    eos = tok.convert_tokens_to_ids("</s>")
+    tokens = torch.tensor([ids + [eos]])
+    assert decode_answers(tok, tokens, [64], {eos}) == ["Yes, there is a cat."]
+    tok.init_kwargs["clean_up_tokenization_spaces"] = False  # a checkpoint whose config says no clean-up
+    assert decode_answers(tok, tokens, [64], {eos}) == ["Yes , there is a cat ."]

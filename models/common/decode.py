@@ -32,11 +32,29 @@ def greedy(logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor], s
     return torch.stack(out, dim=1) if out else token.new_zeros(token.shape[0], 0)
 
 
+def clean_up_tokenization(text: str) -> str:
+    """transformers 4's `clean_up_tokenization`, which upstream's decode applied and transformers 5 no
+    longer does by default: no space before . ? ! , and the English contractions joined."""
+    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(spaced, joined)
+    return text
+
+
+def upstream_cleans_up(tokenizer) -> bool:
+    """Whether upstream's transformers 4 cleaned up decoded text with this tokenizer: its saved config's
+    `clean_up_tokenization_spaces`, True where the config does not say (transformers 4's default)."""
+    return bool(getattr(tokenizer, "init_kwargs", {}).get("clean_up_tokenization_spaces", True))
+
+
 def decode_answers(tokenizer, tokens: torch.Tensor, limits: Sequence[int], stop_ids: Collection[int]) -> list[str]:
-    """Each row cut at its own limit and before its first stop id, decoded without special tokens, stripped."""
+    """Each row cut at its own limit and before its first stop id, decoded without special tokens, cleaned
+    up as upstream's transformers 4 did (explicitly, whatever this transformers' default), stripped."""
+    clean = upstream_cleans_up(tokenizer)
     texts = []
     for row, limit in zip(tokens.tolist(), limits):
         row = row[:limit]
         end = next((j for j, t in enumerate(row) if t in stop_ids), len(row))
-        texts.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        text = tokenizer.decode(row[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        texts.append((clean_up_tokenization(text) if clean else text).strip())
     return texts
