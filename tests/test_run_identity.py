@@ -16,7 +16,7 @@ import tasks
 from omnibench import identity
 from omnibench.cli import main
 from omnibench.config import RunConfig
-from omnibench.protocol import OmnibenchError
+from omnibench.protocol import ModelAdapter, OmnibenchError
 from omnibench.runner import Runner
 
 TOY_MODEL = '''
@@ -164,8 +164,9 @@ def test_changed_dataset_row_recomputes_only_that_row(tmp_path):
         feats = datasets.Features({k: datasets.Image() if k == "image" else datasets.Value("string") for k in rows[0]})
         datasets.Dataset.from_list(rows, features=feats).to_parquet(str(folder / "test-00000-of-00001.parquet"))
 
-    class Echo:
+    class Echo(ModelAdapter):
         def __init__(self):
+            super().__init__()
             self.seen = []
 
         def generate_text(self, requests):
