@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from models.omnimamba.checkpoint import random_full
-from models.omnimamba.modeling_omnimamba import DecodeState, OmniMamba
+from omnibench.models.omnimamba.checkpoint import random_full
+from omnibench.models.omnimamba.modeling_omnimamba import DecodeState, OmniMamba
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +54,7 @@ def decode_bytes(model: OmniMamba) -> int:
 @torch.inference_mode()
 def conv_check() -> float:
     """The Triton conv-update kernel against the plain-PyTorch step, on a strided input like in_proj's."""
-    from models.omnimamba.ssd import conv_update_triton
+    from omnibench.models.omnimamba.ssd import conv_update_triton
 
     g = torch.Generator(device="cuda").manual_seed(2)
     big = torch.randn(3, 5000, device="cuda", generator=g)
@@ -97,8 +97,8 @@ def gemv_sweep() -> dict:
     as in a decode step. Sets fused.CONFIGS to the fastest configuration per shape."""
     import triton
 
-    from models.omnimamba import fused
-    from models.omnimamba.ssd import kernels
+    from omnibench.models.omnimamba import fused
+    from omnibench.models.omnimamba.ssd import kernels
 
     g = torch.Generator(device="cuda").manual_seed(3)
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
@@ -152,8 +152,8 @@ def gemv_sweep() -> dict:
 def fused_rows_check() -> dict:
     """Fused kernels against the unfused ops for every batch size they take (1..MAX_ROWS), bf16, at the
     decode shapes and the T2I image head: worst relative error per shape."""
-    from models.omnimamba import fused
-    from models.omnimamba.ssd import kernels
+    from omnibench.models.omnimamba import fused
+    from omnibench.models.omnimamba.ssd import kernels
 
     g = torch.Generator(device="cuda").manual_seed(5)
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
@@ -243,7 +243,7 @@ class _ReorderedF:
 def summation_order_floor(model: OmniMamba, embeds, tokens: list[int]) -> dict:
     """The bf16 PyTorch path against itself with one change: every in_proj product summed in another
     order. How far two correct bf16 implementations of this model drift apart."""
-    from models.omnimamba import modeling_omnimamba
+    from omnibench.models.omnimamba import modeling_omnimamba
 
     ref = forced_logits(model, embeds, tokens, kernels=False)
     plain = greedy(model, embeds, len(tokens), kernels=False)
@@ -341,7 +341,7 @@ def main() -> None:
     result["conv_update_triton_max_abs_err"] = conv_check()
     if args.gemv_sweep:
         result["gemv_sweep"] = gemv_sweep()
-    from models.omnimamba import fused
+    from omnibench.models.omnimamba import fused
     result["fused_configs"] = {f"{n}x{k}": list(c) for (n, k), c in fused.CONFIGS.items()}
     result["agreement"] = agreement(model, prompt_len=600, steps=64)  # leaves the model in bf16
     print(json.dumps({k: v for k, v in result["agreement"].items() if "tokens_" not in k}), flush=True)

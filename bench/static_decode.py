@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--length", type=int, default=4096)
     args = parser.parse_args()
-    from models.janusflow import JanusFlowAdapter
-    from models.showo import ShowoAdapter
+    from omnibench.models.janusflow import JanusFlowAdapter
+    from omnibench.models.showo import ShowoAdapter
 
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     for cls in (ShowoAdapter, JanusFlowAdapter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from models.common.checkpoint_io import (first_line, hub_error, is_local_path, is_read_failure, load_error,
+from omnibench.models.common.checkpoint_io import (first_line, hub_error, is_local_path, is_read_failure, load_error,
                                          require_files, resolve_checkpoint)
 from omnibench.data import build_once, cache_root
 from omnibench.args import Arg

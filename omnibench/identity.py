@@ -15,9 +15,9 @@ from typing import Any
 
 from omnibench.protocol import Request
 
-# Project packages whose source can change what a model or task produces; the engine (omnibench itself)
-# does not: what it feeds a model is in the request fingerprint.
-FOLLOWED = ("models", "tasks")
+# Project packages whose source can change what a model or task produces; the engine (the rest of
+# omnibench) does not: what it feeds a model is in the request fingerprint.
+FOLLOWED = ("omnibench.models", "omnibench.tasks")
 # Libraries whose version changes a model's numbers.
 MODEL_LIBRARIES = ("torch", "transformers")
 
@@ -66,12 +66,13 @@ def _imports(path: Path, module: str) -> set[str]:
 def source_files(module: str) -> dict[str, Path]:
     """`module` and every module of its own top-level package or of the project's model and task
     packages that it imports, directly or not, by name."""
-    follow = {module.split(".")[0], *FOLLOWED}
+    top = module.split(".")[0]
+    follow = tuple(FOLLOWED) + (() if top == "omnibench" else (top,))
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
         name = todo.pop()
-        if name in seen or name.split(".")[0] not in follow:
+        if name in seen or not any(name == f or name.startswith(f + ".") for f in follow):
             continue
         path = _module_path(name)
         if path is None:

@@ -121,7 +121,7 @@ def lmms_model_class(name: str) -> type[OmnibenchLMM]:
 
 def __getattr__(name: str) -> type[OmnibenchLMM]:
     # lmms-eval imports a model as "<module>.<attribute>": `omnibench.lmms.omnimamba` is built here.
-    from models import MODELS
+    from omnibench.models import MODELS
     if name in MODELS:
         return lmms_model_class(name)
     raise AttributeError(f"module {MODULE!r} has no attribute {name!r}")
@@ -130,7 +130,7 @@ def __getattr__(name: str) -> type[OmnibenchLMM]:
 def manifests() -> list:
     """The `lmms_eval.models` entry point: one manifest per omnibench model name."""
     from lmms_eval.models.registry_v2 import ModelManifest
-    from models import MODELS
+    from omnibench.models import MODELS
     return [ModelManifest(model_id=name, simple_class_path=f"{MODULE}.{name}") for name in sorted(MODELS)]
 
 
@@ -142,7 +142,7 @@ def register() -> None:
         for manifest in manifests():
             registry.MODEL_REGISTRY_V2.register_manifest(manifest, overwrite=True)
     else:  # lmms-eval < 0.7: a name -> dotted class path table
-        from models import MODELS
+        from omnibench.models import MODELS
         registry.AVAILABLE_MODELS.update({name: f"{MODULE}.{name}" for name in MODELS})
 
 

@@ -19,21 +19,21 @@ def _resolve(kind: str, name: str, table: dict[str, str]) -> Any:
 
 
 def model_names() -> list[str]:
-    from models import MODELS
+    from omnibench.models import MODELS
     return sorted(MODELS)
 
 
 def task_names() -> list[str]:
-    from tasks import TASKS
+    from omnibench.tasks import TASKS
     return sorted(TASKS)
 
 
 def get_model_class(name: str, speed_references: bool = False) -> type[ModelAdapter]:
     """A model adapter's class; with `speed_references`, also the speed sweep's reference models."""
-    from models import MODELS, SPEED_REFERENCES
+    from omnibench.models import MODELS, SPEED_REFERENCES
     return _resolve("model", name, {**MODELS, **SPEED_REFERENCES} if speed_references else MODELS)
 
 
 def get_task_class(name: str) -> type[Task]:
-    from tasks import TASKS
+    from omnibench.tasks import TASKS
     return _resolve("task", name, TASKS)

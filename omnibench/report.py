@@ -8,7 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "reports" / "paper"
+# Installed: package data beside this module; in a checkout: the repository's reports/paper.
+_HERE = Path(__file__).resolve().parent
+PAPER_DIR = _HERE / "paper" if (_HERE / "paper").is_dir() else _HERE.parent / "reports" / "paper"
 
 
 def paper_table(name: str) -> dict[str, Any] | None:

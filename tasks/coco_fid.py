@@ -39,7 +39,7 @@ from typing import Any, Sequence
 from omnibench import data
 from omnibench.args import Arg
 from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
-from tasks import fid
+from omnibench.tasks import fid
 
 HUB_ID = "lmms-lab/COCO-Caption"
 HUB_SPLIT = "val"

@@ -27,7 +27,7 @@ from PIL import Image
 from omnibench import data
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
-from tasks.common import SingleImageQA
+from omnibench.tasks.common import SingleImageQA
 
 HUB_ID = "lmms-lab/GQA"
 SPLIT = "testdev"

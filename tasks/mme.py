@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from omnibench import data
 from omnibench.protocol import Doc, Docs, Request, Task
-from tasks.common import SHORT_ANSWER
+from omnibench.tasks.common import SHORT_ANSWER
 
 HUB_ID = "lmms-lab/MME"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from omnibench import data
 from omnibench.protocol import Doc
-from tasks.common import SingleImageQA
+from omnibench.tasks.common import SingleImageQA
 
 HUB_ID = "lmms-lab/POPE"
 SPLITS = ("adversarial", "popular", "random")

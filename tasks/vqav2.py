@@ -30,7 +30,7 @@ from omnibench import data
 from omnibench.args import Arg
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
-from tasks.common import SingleImageQA
+from omnibench.tasks.common import SingleImageQA
 
 HUB_ID = "lmms-lab/VQAv2"
 SCORED_SPLITS = ("validation",)

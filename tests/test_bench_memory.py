@@ -59,7 +59,7 @@ def write_split(folder: Path, rows: int, pool: list[bytes]) -> Path:
     added `tEXt` chunk naming i (inserted before IEND: still a valid PNG, decoded in full)."""
     import datasets
 
-    from tasks.vqav2 import sample_features
+    from omnibench.tasks.vqav2 import sample_features
     from omnibench.data import features_from
 
     features = features_from(sample_features())
@@ -90,7 +90,7 @@ def walk(folder: str, eager: bool = False) -> dict[str, float]:
     A thread samples every 5 ms (the load phase included) and the loop every 16 rows."""
     import datasets  # noqa: F401  (imported before the baseline: its import is not the split's memory)
 
-    from tasks.vqav2 import VQAv2
+    from omnibench.tasks.vqav2 import VQAv2
 
     gc.collect()
     base_anon, _ = rss_mib()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.common.checkpoint_io import check_keys, load_state_dict_file, read_json, read_state_dict, require_files
+from omnibench.models.common.checkpoint_io import check_keys, load_state_dict_file, read_json, read_state_dict, require_files
 from omnibench.protocol import OmnibenchError
 
 
@@ -138,46 +138,46 @@ def test_long_key_lists_are_cut_to_a_few_and_counted():
 
 # --- every family's own entry point -----------------------------------------------------------------
 def omnimamba_load(path: str):
-    from models.omnimamba.checkpoint import from_pretrained
+    from omnibench.models.omnimamba.checkpoint import from_pretrained
 
     return from_pretrained(path)
 
 
 def showo_load(path: str):
-    from models.showo.checkpoint import from_pretrained, tiny_checkpoint
+    from omnibench.models.showo.checkpoint import from_pretrained, tiny_checkpoint
 
     return from_pretrained(path, str(tiny_checkpoint() / "magvitv2"))
 
 
 def showo_vq_load(path: str):
-    from models.showo.checkpoint import from_pretrained, tiny_checkpoint
+    from omnibench.models.showo.checkpoint import from_pretrained, tiny_checkpoint
 
     return from_pretrained(str(tiny_checkpoint() / "show-o"), path)
 
 
 def janusflow_load(path: str):
-    from models.janusflow.checkpoint import from_pretrained
+    from omnibench.models.janusflow.checkpoint import from_pretrained
 
     return from_pretrained(path)
 
 
 def hf_load(path: str):
-    from models.hf import HFAdapter
+    from omnibench.models.hf import HFAdapter
 
     return HFAdapter(pretrained=path)
 
 
 def tiny(family: str) -> Path:
     if family == "omnimamba":
-        from models.omnimamba.checkpoint import tiny_checkpoint
+        from omnibench.models.omnimamba.checkpoint import tiny_checkpoint
         return tiny_checkpoint()
     if family == "janusflow":
-        from models.janusflow.checkpoint import tiny_checkpoint
+        from omnibench.models.janusflow.checkpoint import tiny_checkpoint
         return tiny_checkpoint()
     if family == "hf":
-        from models.hf import resolve_tiny
+        from omnibench.models.hf import resolve_tiny
         return resolve_tiny()
-    from models.showo.checkpoint import tiny_checkpoint
+    from omnibench.models.showo.checkpoint import tiny_checkpoint
     return tiny_checkpoint() / ("magvitv2" if family == "showo_vq" else "show-o")
 
 
@@ -245,7 +245,7 @@ def test_each_family_still_loads_its_valid_tiny_checkpoint(family):
 
 def test_the_janusflow_vae_refuses_a_pickle_payload(tmp_path):
     pytest.importorskip("diffusers")
-    from models.janusflow.checkpoint import load_vae
+    from omnibench.models.janusflow.checkpoint import load_vae
 
     marker = with_payload(tiny("janusflow") / "vae", tmp_path / "vae", "diffusion_pytorch_model.bin")
     with pytest.raises(OmnibenchError, match=f"refusing to load {tmp_path / 'vae'}: .*pickle") as err:

@@ -15,8 +15,8 @@ from omnibench import data
 from omnibench.config import RunConfig
 from omnibench.protocol import ModelAdapter, OmnibenchError
 from omnibench.runner import Runner
-from tasks import fid
-from tasks.coco_fid import CocoFid, image_id_from_file, sample_prompts
+from omnibench.tasks import fid
+from omnibench.tasks.coco_fid import CocoFid, image_id_from_file, sample_prompts
 
 
 def write_coco(root: Path, n_images: int, captions_per_image: int = 5, size=(80, 64)) -> tuple[str, str]:
@@ -312,7 +312,7 @@ def test_a_missing_or_unreadable_reference_image_stops_the_task_before_any_gener
 
 
 def test_reference_identity_follows_image_content_not_the_folder(tmp_path):
-    from tasks.coco_fid import load_captions_json
+    from omnibench.tasks.coco_fid import load_captions_json
 
     captions, images = write_coco(tmp_path / "a", n_images=3)
     first = load_captions_json(captions, images).identity

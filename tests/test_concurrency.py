@@ -105,7 +105,7 @@ def test_hf_tiny_preset_built_by_rank_1_is_complete(tmp_path, monkeypatch):
     without config.json or weights was published, and every later run failed)."""
     import torch.distributed as dist
 
-    from models.hf import resolve_tiny
+    from omnibench.models.hf import resolve_tiny
     monkeypatch.setenv("OMNIBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)

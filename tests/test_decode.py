@@ -8,14 +8,14 @@ import sys
 import pytest
 import torch
 
-from models.common.decode import decode_answers, greedy, token_limits
-from models.common.dtypes import DTYPES, bfloat16_on_cuda, resolve_dtype
-from models.common.static_decode import StaticDecoder
-from models.janusflow import JanusFlowAdapter
-from models.omnimamba import OmniMambaAdapter
-from models.omnimamba.modeling_omnimamba import DecodeState
-from models.omnimamba.reference import MambaSsmReference
-from models.showo import ShowoAdapter
+from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.dtypes import DTYPES, bfloat16_on_cuda, resolve_dtype
+from omnibench.models.common.static_decode import StaticDecoder
+from omnibench.models.janusflow import JanusFlowAdapter
+from omnibench.models.omnimamba import OmniMambaAdapter
+from omnibench.models.omnimamba.modeling_omnimamba import DecodeState
+from omnibench.models.omnimamba.reference import MambaSsmReference
+from omnibench.models.showo import ShowoAdapter
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
 
@@ -288,7 +288,7 @@ def test_an_unknown_dtype_is_one_line_naming_the_model_and_the_known_names(cls, 
 
 
 def test_clean_up_tokenization_is_transformers_4s():
-    from models.common.decode import clean_up_tokenization
+    from omnibench.models.common.decode import clean_up_tokenization
 
     assert clean_up_tokenization("Yes , it is . Is it ? No ! I do n't know , it 's there") == \
         "Yes, it is. Is it? No! I don't know, it's there"
@@ -297,8 +297,8 @@ def test_clean_up_tokenization_is_transformers_4s():
 
 
 def test_answers_are_cleaned_up_as_upstream_decoded_them_whatever_transformers_default():
-    from models.common.decode import decode_answers
-    from models.common.presets import byte_bpe_tokenizer
+    from omnibench.models.common.decode import decode_answers
+    from omnibench.models.common.presets import byte_bpe_tokenizer
 
     tok = byte_bpe_tokenizer([], bos="<s>", eos="</s>")
     ids = tok("Yes , there is a cat .", add_special_tokens=False).input_ids

@@ -77,7 +77,7 @@ def test_limit_and_batch_boundaries(tmp_path):
 
 def test_unreadable_image_is_a_failed_sample_and_the_run_goes_on(tmp_path):
     import datasets
-    from tasks.pope import sample_rows
+    from omnibench.tasks.pope import sample_rows
 
     rows = sample_rows()
     rows[2]["image"] = {"bytes": b"not a png at all", "path": None}
@@ -146,7 +146,7 @@ def test_compare_flags_headline_regression_beyond_tolerance(tmp_path, capsys):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
-    from models.hf import HFAdapter
+    from omnibench.models.hf import HFAdapter
     from omnibench.cli import parse_config
     from omnibench.runner import Runner
 
@@ -245,7 +245,7 @@ def test_torchrun_two_ranks_shard_and_gather_to_the_single_process_scores(tmp_pa
 
 
 def test_unknown_preset_names_the_model_and_the_known_ones():
-    from models.hf import HFAdapter
+    from omnibench.models.hf import HFAdapter
     with pytest.raises(OmnibenchError, match=r"model hf: unknown preset 'huge' \(known: tiny\)"):
         HFAdapter(preset="huge")
 

@@ -7,8 +7,8 @@ from PIL import Image
 
 from omnibench import data
 from omnibench.protocol import Doc, OmnibenchError
-from tasks.common import SHORT_ANSWER as PROMPT_SUFFIX
-from tasks.gqa import GQA, gqa_scores, normalize_prediction, predictions_file
+from omnibench.tasks.common import SHORT_ANSWER as PROMPT_SUFFIX
+from omnibench.tasks.gqa import GQA, gqa_scores, normalize_prediction, predictions_file
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +107,7 @@ def test_local_snapshot_in_hub_layout_loads_both_configs(tmp_path):
     """`data_dir=` a copy of lmms-lab/GQA: one folder per config, declared in the README's YAML."""
     import datasets
 
-    from tasks.gqa import IMAGES_CONFIG, INSTRUCTIONS_CONFIG, sample_features, sample_rows
+    from omnibench.tasks.gqa import IMAGES_CONFIG, INSTRUCTIONS_CONFIG, sample_features, sample_rows
 
     rows, images = sample_rows()
     specs = sample_features()

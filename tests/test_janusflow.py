@@ -8,13 +8,13 @@ from PIL import Image
 
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
-from models.janusflow import JanusFlowAdapter
-from models.janusflow.checkpoint import (ImageProcessing, from_pretrained, full_config, load_vae, random_sdxl_vae,
+from omnibench.models.janusflow import JanusFlowAdapter
+from omnibench.models.janusflow.checkpoint import (ImageProcessing, from_pretrained, full_config, load_vae, random_sdxl_vae,
                                         tiny_checkpoint)
-from models.janusflow.modeling_janusflow import attn_implementation, official_state_dict, rectified_flow_sample
-from models.janusflow.uvit import timestep_embedding
-from models.janusflow.adapter import preprocess, sft_prompt
-from models.common.checkpoint_io import read_state_dict
+from omnibench.models.janusflow.modeling_janusflow import attn_implementation, official_state_dict, rectified_flow_sample
+from omnibench.models.janusflow.uvit import timestep_embedding
+from omnibench.models.janusflow.adapter import preprocess, sft_prompt
+from omnibench.models.common.checkpoint_io import read_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_max_position_embeddings_is_only_a_label_for_the_default_rope():
 
 
 def test_sweep_decoding_is_static_in_best_mode_and_dynamic_as_published_with_the_same_logits(best, published):
-    from models.common.static_decode import StaticDecoder
+    from omnibench.models.common.static_decode import StaticDecoder
 
     ids = best.speed_context(40)
     s1, s2 = best.prefill(ids), published.prefill(ids)

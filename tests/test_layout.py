@@ -30,10 +30,11 @@ def test_no_model_family_imports_another():
     offences = []
     for family in FAMILIES:
         for path in (ROOT / "models" / family).rglob("*.py"):
-            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            module = "omnibench." + ".".join(path.relative_to(ROOT).with_suffix("").parts)
             for name in imported_modules(path, module):
                 parts = name.split(".")
-                if parts[0] == "models" and len(parts) > 1 and parts[1] in FAMILIES and parts[1] != family:
+                if parts[:2] == ["omnibench", "models"] and len(parts) > 2 and parts[2] in FAMILIES \
+                        and parts[2] != family:
                     offences.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offences == []
 
@@ -41,8 +42,9 @@ def test_no_model_family_imports_another():
 def test_the_import_walk_sees_relative_and_absolute_imports(tmp_path):
     fake = tmp_path / "models" / "alpha" / "x.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text("from ..beta import y\nimport models.gamma.z\nfrom models.common import vq_blocks\n")
-    assert {"models.beta", "models.beta.y", "models.gamma.z", "models.common"} <= imported_modules(fake, "models.alpha.x")
+    fake.write_text("from ..beta import y\nimport omnibench.models.gamma.z\nfrom omnibench.models.common import vq_blocks\n")
+    assert {"omnibench.models.beta", "omnibench.models.beta.y", "omnibench.models.gamma.z",
+            "omnibench.models.common"} <= imported_modules(fake, "omnibench.models.alpha.x")
 
 
 def test_benchmarks_live_in_bench_not_in_models():

@@ -37,13 +37,13 @@ except ImportError as exc:
                 "`pip install --no-deps lmms-eval` plus loguru pytz accelerate evaluate tenacity sacrebleu",
                 allow_module_level=True)
 
-from models import MODELS
+from omnibench.models import MODELS
 from omnibench import data
 from omnibench import lmms as lmms_plugin
 from omnibench.args import Arg
 from omnibench.protocol import Doc, ModelAdapter
 from omnibench.registry import get_task_class
-from tasks import gqa, mme, mmmu, pope, vqav2
+from omnibench.tasks import gqa, mme, mmmu, pope, vqav2
 
 LMMS_TASKS = Path(lmms_eval.__file__).parent / "tasks"
 IMAGE = {"bytes": data.png_bytes(data.drawn_image(0)), "path": None}

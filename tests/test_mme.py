@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from omnibench.protocol import Doc
-from tasks.mme import (POST_PROMPT, Mme, extract_answer, image_key, mme_prompt, mme_scores,
+from omnibench.tasks.mme import (POST_PROMPT, Mme, extract_answer, image_key, mme_prompt, mme_scores,
                        subtask_scores)
 
 

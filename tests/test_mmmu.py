@@ -4,7 +4,7 @@ import datasets
 import pytest
 
 from omnibench.protocol import OmnibenchError
-from tasks.mmmu import (IMAGE_COLUMNS, MC_POST_PROMPT, OPEN_POST_PROMPT, SAMPLE_SUBJECTS, MMMU, _features,
+from omnibench.tasks.mmmu import (IMAGE_COLUMNS, MC_POST_PROMPT, OPEN_POST_PROMPT, SAMPLE_SUBJECTS, MMMU, _features,
                         eval_multi_choice, eval_open, extract_numbers, gold_answer, mmmu_prompt, mmmu_scores,
                         multi_choice_info, normalize_str, parse_multi_choice_response, parse_open_response,
                         parse_subjects, sample_rows, subject_of)

@@ -9,7 +9,7 @@ UNDERSTANDING = ["pope", "mme", "vqav2", "gqa", "mmmu"]
 
 
 def tasks_here() -> list[str]:
-    from tasks import fid
+    from omnibench.tasks import fid
     return UNDERSTANDING + (["coco_fid30k"] if fid.inception_path(download=False) else [])
 
 

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from models.omnimamba import OmniMambaAdapter
-from models.omnimamba.adapter import mmu_prompt, sample_tokens
-from models.omnimamba.checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, tiny_base_tokenizer, tiny_config
-from models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, load_official_state_dict, official_state_dict
-from models.omnimamba.ssd import ssd_chunked, ssd_sequential
+from omnibench.models.omnimamba import OmniMambaAdapter
+from omnibench.models.omnimamba.adapter import mmu_prompt, sample_tokens
+from omnibench.models.omnimamba.checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, tiny_base_tokenizer, tiny_config
+from omnibench.models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, load_official_state_dict, official_state_dict
+from omnibench.models.omnimamba.ssd import ssd_chunked, ssd_sequential
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
 
@@ -83,8 +83,8 @@ def test_bf16_scan_rounds_the_scores_where_the_triton_kernel_does():
 _FUSED_CHECK = """
 import sys, torch
 import torch.nn.functional as F
-from models.omnimamba import fused
-from models.omnimamba.modeling_omnimamba import GatedRMSNorm, RMSNorm, add_rms_norm
+from omnibench.models.omnimamba import fused
+from omnibench.models.omnimamba.modeling_omnimamba import GatedRMSNorm, RMSNorm, add_rms_norm
 worst = 0.0
 for rows, has_residual in [(1, False), (1, True), (3, True)]:
     g = torch.Generator().manual_seed(rows)
@@ -122,7 +122,7 @@ def test_fused_norm_gemv_kernels_equal_the_unfused_ops():
 
 
 def test_chunked_causal_conv_equals_one_pass_and_the_torch_conv():
-    from models.omnimamba.modeling_omnimamba import causal_conv1d_silu
+    from omnibench.models.omnimamba.modeling_omnimamba import causal_conv1d_silu
 
     g = torch.Generator().manual_seed(6)
     x, w, b = torch.randn(2, 23, 6, generator=g), torch.randn(6, 1, 4, generator=g), torch.randn(6, generator=g)
@@ -393,7 +393,7 @@ def test_siglip_tower_uses_the_exact_erf_gelu_as_upstream_timm():
 
     import torch
 
-    from models.omnimamba.vision import DinoSigLIPBackbone, VisionConfig
+    from omnibench.models.omnimamba.vision import DinoSigLIPBackbone, VisionConfig
 
     cfg = VisionConfig(image_size=28, patch_size=14, dino_width=8, dino_layers=1, dino_heads=2, siglip_width=8,
                        siglip_layers=1, siglip_heads=2, siglip_mlp=8)
@@ -429,8 +429,8 @@ def _byte_ids(text: str) -> list[int]:
     ("training", "In: Is there a cat?\nOut: "),
 ])
 def test_prompt_templates_token_for_token(template, text):
-    from models.common.presets import byte_bpe_tokenizer
-    from models.omnimamba.adapter import mmu_prompt
+    from omnibench.models.common.presets import byte_bpe_tokenizer
+    from omnibench.models.omnimamba.adapter import mmu_prompt
 
     tok = byte_bpe_tokenizer([], bos="<|endoftext|>", eos="<|endoftext|>")
     ids = tok(mmu_prompt(" <image>\nIs there a cat?" if template == "training" else "Is there a cat?", template)).input_ids
@@ -440,7 +440,7 @@ def test_prompt_templates_token_for_token(template, text):
 
 
 def test_prompt_argument_reaches_the_model_input_and_the_run_identity():
-    from models.omnimamba import OmniMambaAdapter
+    from omnibench.models.omnimamba import OmniMambaAdapter
 
     adapter = OmniMambaAdapter(preset="tiny", prompt="training")
     assert adapter.mmu_text_ids("Is it red?") == adapter.tokenizer("In: Is it red?\nOut: ").input_ids
@@ -478,7 +478,7 @@ def test_a_checkpoint_lacking_a_tower_without_its_weights_is_refused_naming_the_
 
 
 def test_a_tower_in_open_clip_layout_with_a_larger_position_grid_is_unwrapped_and_resampled(tmp_path):
-    from models.omnimamba.checkpoint import resample_pos_embed
+    from omnibench.models.omnimamba.checkpoint import resample_pos_embed
 
     original, tower = _checkpoint_without(tmp_path, "vision_backbone.dino_featurizer.")
     rows = tower["pos_embed"].shape[1]

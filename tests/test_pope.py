@@ -1,7 +1,7 @@
 """POPE scorer against the official evaluate.py rules, worked by hand."""
 import pytest
 
-from tasks.pope import Pope, binary_metrics, extract_yes_no, pope_scores
+from omnibench.tasks.pope import Pope, binary_metrics, extract_yes_no, pope_scores
 
 
 @pytest.mark.parametrize("text, expected", [

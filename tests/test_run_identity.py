@@ -11,8 +11,8 @@ import datasets
 import pytest
 from PIL import Image
 
-import models
-import tasks
+from omnibench import models
+from omnibench import tasks
 from omnibench import identity
 from omnibench.cli import main
 from omnibench.config import RunConfig
@@ -156,7 +156,7 @@ def test_unchanged_rerun_with_resume_reuses_everything(tmp_path, toy):
 
 
 def test_changed_dataset_row_recomputes_only_that_row(tmp_path):
-    from tasks.pope import sample_rows
+    from omnibench.tasks.pope import sample_rows
 
     def write(rows):
         folder = tmp_path / "pope" / "data"
@@ -332,7 +332,7 @@ def test_declared_arguments_are_printed_and_tasks_list_needs_no_model(capsys):
 
 
 def test_resolved_config_is_the_run_identity_and_config_reports_it():
-    from models.omnimamba import OmniMambaAdapter
+    from omnibench.models.omnimamba import OmniMambaAdapter
     cfg = OmniMambaAdapter.resolved_config("auto", {"preset": "tiny"})
     assert cfg["mode"] == "best" and cfg["cfg_scale"] == 1.0 and cfg["top_k"] == 1
     assert cfg == OmniMambaAdapter.resolved_config("auto", {"preset": "tiny", "mode": "best", "top_k": "1"})
@@ -347,10 +347,12 @@ def test_code_version_follows_imports_within_the_project_only(tmp_path, toy):
     identity.code_version.cache_clear()
     assert identity.code_version(f"{toy.package}.adapter") != before
     # A family's version covers its own modules, not the engine's, a library's or another family's.
-    files = identity.source_files("models.omnimamba.adapter")
-    assert {"models.omnimamba", "models.omnimamba.adapter", "models.omnimamba.modeling_omnimamba",
-            "models.omnimamba.ssd"} <= set(files)
-    assert not any(name.startswith(("omnibench", "torch", "transformers", "models.showo")) for name in files)
+    files = identity.source_files("omnibench.models.omnimamba.adapter")
+    assert {"omnibench.models.omnimamba", "omnibench.models.omnimamba.adapter",
+            "omnibench.models.omnimamba.modeling_omnimamba", "omnibench.models.omnimamba.ssd",
+            "omnibench.models.common.decode"} <= set(files)
+    assert all(name.startswith("omnibench.models.") or name == "omnibench.models" for name in files)
+    assert not any(name.startswith("omnibench.models.showo") for name in files)
 
 
 def test_request_fingerprint_sees_pixels_prompt_settings_and_seed():
@@ -377,8 +379,8 @@ def test_readme_argument_tables_are_the_declarations():
 
 def test_tasks_declare_metric_directions_and_compare_reads_them(tmp_path):
     from omnibench import compare as compare_mod
-    from tasks.coco_fid import CocoFid
-    from tasks.pope import Pope
+    from omnibench.tasks.coco_fid import CocoFid
+    from omnibench.tasks.pope import Pope
 
     assert Pope.direction(Pope, "pope_yes_ratio") == "neutral" and Pope.direction(Pope, "pope_f1") == "higher"
     assert CocoFid.direction(CocoFid, "fid") == "lower" and CocoFid.direction(CocoFid, "fid_images") == "neutral"

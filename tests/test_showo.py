@@ -7,13 +7,13 @@ import torch
 
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
-from models.showo import ShowoAdapter
-from models.common.checkpoint_io import read_state_dict
-from models.common.presets import random_init_
-from models.showo.checkpoint import from_pretrained, save_weights, tiny_checkpoint, tiny_configs
-from models.showo.magvit import LFQuantizer, MagvitConfig, image_transform
-from models.common.static_decode import StaticDecoder
-from models.showo.modeling_showo import Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
+from omnibench.models.showo import ShowoAdapter
+from omnibench.models.common.checkpoint_io import read_state_dict
+from omnibench.models.common.presets import random_init_
+from omnibench.models.showo.checkpoint import from_pretrained, save_weights, tiny_checkpoint, tiny_configs
+from omnibench.models.showo.magvit import LFQuantizer, MagvitConfig, image_transform
+from omnibench.models.common.static_decode import StaticDecoder
+from omnibench.models.showo.modeling_showo import Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
 PAD, SOI, EOI, T2I, MMU, BOS, EOS, M = 0, 1, 2, 3, 4, 5, 6, 9
 
@@ -216,8 +216,8 @@ def test_random_init_draws_every_matrix_small_and_keeps_norms():
 
 
 def test_text_to_image_defaults_are_each_checkpoints_published_settings():
-    from models.showo.adapter import ShowoAdapter, t2i_settings
-    from models.showo.checkpoint import DEFAULT_SHOWO
+    from omnibench.models.showo.adapter import ShowoAdapter, t2i_settings
+    from omnibench.models.showo.checkpoint import DEFAULT_SHOWO
 
     assert DEFAULT_SHOWO == "showlab/show-o-512x512"  # the paper's Table 1 Show-o row is the 512 px model
     assert t2i_settings(1024, None, None) == (5.0, 50)  # 512 px README: guidance_scale=5 generation_timesteps=50

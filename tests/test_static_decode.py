@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models.janusflow.modeling_janusflow import llama_last_logits
-from models.showo.checkpoint import add_task_tokens, tiny_base_tokenizer
-from models.showo.modeling_showo import Showo, ShowoConfig
-from models.common.static_decode import ALIGN, StaticDecoder, padded_causal_mask, speed_context_ids
+from omnibench.models.janusflow.modeling_janusflow import llama_last_logits
+from omnibench.models.showo.checkpoint import add_task_tokens, tiny_base_tokenizer
+from omnibench.models.showo.modeling_showo import Showo, ShowoConfig
+from omnibench.models.common.static_decode import ALIGN, StaticDecoder, padded_causal_mask, speed_context_ids
 
 VOCAB = 300
 

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from omnibench.protocol import Doc, OmnibenchError
-from tasks import vqav2
-from tasks.common import SHORT_ANSWER as PROMPT_SUFFIX
-from tasks.vqav2 import (VQAv2, normalize_answer, process_digit_article, process_punctuation,
+from omnibench.tasks import vqav2
+from omnibench.tasks.common import SHORT_ANSWER as PROMPT_SUFFIX
+from omnibench.tasks.vqav2 import (VQAv2, normalize_answer, process_digit_article, process_punctuation,
                          submission_answer, vqa_accuracy, vqav2_scores)
 
 

@@ -30,9 +30,9 @@ from PIL import Image
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
-from models.common.decode import decode_answers, greedy, token_limits
-from models.common.dtypes import bfloat16_on_cuda, resolve_dtype
-from models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
+from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.dtypes import bfloat16_on_cuda, resolve_dtype
+from omnibench.models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
 from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
                          ImageProcessing, from_pretrained, load_vae, random_full, random_sdxl_vae,

@@ -19,10 +19,10 @@ import torch
 
 from omnibench.protocol import OmnibenchError
 
-from models.common.checkpoint_io import (check_keys, first_line, is_read_failure, load_error, read_json,
+from omnibench.models.common.checkpoint_io import (check_keys, first_line, is_read_failure, load_error, read_json,
                                          read_state_dict, require_files, resolve_checkpoint)
-from models.common.checkpoint_io import load_fast_tokenizer
-from models.common.presets import byte_bpe_tokenizer, random_init_
+from omnibench.models.common.checkpoint_io import load_fast_tokenizer
+from omnibench.models.common.presets import byte_bpe_tokenizer, random_init_
 
 from .modeling_janusflow import (LLM_DEFAULTS, JanusFlow, JanusFlowConfig, SiglipConfig, config_json,
                                  official_state_dict, to_model_state_dict)

@@ -19,8 +19,8 @@ import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-from models.common.timm_names import hf_to_timm, timm_to_hf
-from models.common.static_decode import Attend
+from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
+from omnibench.models.common.static_decode import Attend
 
 from .uvit import GenConfig, ShallowUViTDecoder, ShallowUViTEncoder
 

@@ -20,8 +20,8 @@ from PIL import Image
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
-from models.common.decode import decode_answers, greedy, token_limits
-from models.common.dtypes import resolve_dtype
+from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.dtypes import resolve_dtype
 
 from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
 from .modeling_omnimamba import DecodeState, OmniMamba

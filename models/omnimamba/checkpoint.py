@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.common.checkpoint_io import first_line, load_state_dict_file, read_json, resolve_checkpoint
+from omnibench.models.common.checkpoint_io import first_line, load_state_dict_file, read_json, resolve_checkpoint
 from omnibench.protocol import OmnibenchError
 
 log = logging.getLogger("omnibench")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import fused
 from .fused import fused_available
 from .ssd import kernels, ssd_chunked, ssd_step, use_kernels
-from models.common.timm_names import hf_to_timm, timm_to_hf
+from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
 
 from .vision import DinoSigLIPBackbone, FusedMLPProjector, VisionConfig
 from .vq import VQConfig, VQModel

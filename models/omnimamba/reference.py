@@ -11,7 +11,7 @@ import torch
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
 
-from models.common.dtypes import resolve_dtype
+from omnibench.models.common.dtypes import resolve_dtype
 
 # Longest context the graphs are captured for. Mamba-2's state has a fixed size, so this only bounds
 # the position counter; it costs no memory.

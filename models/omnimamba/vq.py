@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, group_norm
+from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, group_norm
 
 
 @dataclass

@@ -28,9 +28,9 @@ from PIL import Image
 from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
-from models.common.decode import decode_answers, greedy, token_limits
-from models.common.dtypes import resolve_dtype
-from models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
+from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.dtypes import resolve_dtype
+from omnibench.models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
 from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, random_full, tiny_checkpoint
 from .magvit import image_transform, to_pil

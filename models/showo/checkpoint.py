@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.common.checkpoint_io import (first_line, read_json, read_state_dict, require_files, resolve_checkpoint,
+from omnibench.models.common.checkpoint_io import (first_line, read_json, read_state_dict, require_files, resolve_checkpoint,
                                          strict_load)
-from models.common.checkpoint_io import load_fast_tokenizer
-from models.common.presets import byte_bpe_tokenizer, random_init_
+from omnibench.models.common.checkpoint_io import load_fast_tokenizer
+from omnibench.models.common.presets import byte_bpe_tokenizer, random_init_
 from omnibench.protocol import OmnibenchError
 
 from .magvit import MAGVITv2, MagvitConfig

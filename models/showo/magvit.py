@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from models.common.vq_blocks import AttnBlock, Resample, ResnetBlock
+from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock
 
 
 @dataclass

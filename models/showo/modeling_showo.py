@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.common.static_decode import Attend
+from omnibench.models.common.static_decode import Attend
 
 # Added after the Phi tokenizer's own tokens, in this order ([PAD] first, as a pad token).
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")

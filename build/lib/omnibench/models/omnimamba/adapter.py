@@ -1,0 +1,207 @@
+"""`--model omnimamba`: OmniMamba behind omnibench's ModelAdapter contract.
+
+model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba), `preset=tiny` (random
+tiny model for tests) or `preset=full` (full size, random weights: speed and memory only); `mode=best`
+(CUDA-graph decode steps with the norms fused into the GEMVs, default) or `mode=as_published` (eager
+decode steps on mamba-ssm's ops);
+T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
+top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
+"A picture"); `cuda_graphs=false` to decode eagerly on GPU, `fused_decode=false` for mamba-ssm's
+separate norm kernels in decode steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omnibench.args import Arg
+from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
+
+from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.dtypes import resolve_dtype
+
+from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
+from .modeling_omnimamba import DecodeState, OmniMamba
+
+DEFAULT_PRETRAINED = "hustvl/OmniMamba"
+NULL_CAPTION = "A picture"  # upstream MSCOCOFeatureDataset.null_prompt
+
+
+def mmu_prompt(question: str, template: str = "inference") -> str:
+    """`inference`: the released MMU script's conversation template ("phi1.5": empty system, roles
+    USER/ASSISTANT, sep " "). `training`: the stage-2 instruction data's, Cobra's MambaPromptBuilder
+    human turn ("<image>" removed, stripped, then "In: {q}\nOut: ", trailing space included: the answer
+    was tokenized on its own after it and ends in <|endoftext|>)."""
+    if template == "training":
+        return f"In: {question.replace('<image>', '').strip()}\nOut: "
+    return f"USER: {question} ASSISTANT:"
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int,
+                  generators: list[torch.Generator]) -> torch.Tensor:
+    """Upstream's `sample`: top_k == 1 is argmax; else top-k (0 = all), divided by temperature,
+    drawn from the softmax with each row's own generator."""
+    if top_k == 1:
+        return logits.argmax(-1)
+    if top_k > 0:
+        logits, index = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
+    else:
+        index = None
+    probs = torch.softmax(logits / temperature, dim=-1)
+    picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+    return picks if index is None else index.gather(1, picks[:, None])[:, 0]
+
+
+class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
+    """OmniMamba for understanding (`generate_text`) and text-to-image (`generate_images`).
+
+    For the speed sweep:
+    - `prefill(input_ids)`: reads a (b, l) batch of text token ids once on the understanding (MMU)
+      route and returns the recurrent `DecodeState`; `state.logits` holds the last position's logits.
+    - `decode_step(state, token)`: feeds one token per sample (b,) and returns the next logits (b, V);
+      the state advances in place (constant size: no cache grows with the context). On CUDA each step
+      is a CUDA-graph replay.
+    """
+
+    name = "omnimamba"
+    ARGS = (
+        Arg("pretrained", str, DEFAULT_PRETRAINED, "checkpoint: a folder, an OmniMamba-1.3b.pth file or a hub id"),
+        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
+            "(speed and memory only)", ("tiny", "full")),
+        Arg("mode", str, "best", "best: CUDA-graph decode with fused norms; as_published: upstream's "
+            "eager decode on mamba-ssm's ops", ("best", "as_published")),
+        Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
+        Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
+        Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
+        Arg("top_k", int, 1, "text-to-image top-k (1: greedy, upstream's default; 0: all)"),
+        Arg("cfg_scale", float, 1.0, "text-to-image classifier-free guidance (1: none, upstream's default)"),
+        Arg("dino_weights", str, None, "DINOv2 tower weights if the checkpoint lacks them (default: timm's "
+            "published file, from the local hub cache)"),
+        Arg("siglip_weights", str, None, "SigLIP tower weights if the checkpoint lacks them (default: timm's)"),
+        Arg("vq_weights", str, None, "VQ-16 weights if the checkpoint lacks them (default: LlamaGen's vq_ds16_t2i.pt)"),
+        Arg("prompt", str, "inference", "understanding prompt: the released inference script's 'USER: {q} "
+            "ASSISTANT:' or the stage-2 training data's 'In: {q}\\nOut: '", ("inference", "training")),
+    )
+
+    def __init__(self, device: str = "cpu", dtype: str = "auto", **model_args: Any) -> None:
+        super().__init__(device, dtype, **model_args)
+        # Upstream's inference scripts run the model in float32; "auto" does the same.
+        torch_dtype = resolve_dtype(dtype, device, self.name, auto=torch.float32)
+        args = self.args
+        preset, self.mode = args["preset"], args["mode"]
+        self.model: OmniMamba
+        self.weight_sources: dict[str, str] = {}
+        if preset == "full":  # full size, random weights, tiny tokenizer: for speed and memory only
+            self.model, self.tokenizer = random_full(device, torch_dtype), add_task_tokens(tiny_base_tokenizer())
+        else:
+            source = str(tiny_checkpoint()) if preset == "tiny" else args["pretrained"]
+            self.model, self.tokenizer, self.weight_sources = from_pretrained(
+                source, device, torch_dtype, {k: args[k] for k in ("dino_weights", "siglip_weights", "vq_weights")})
+        # best: decode steps captured in CUDA graphs and the RMSNorms folded into the decode GEMVs
+        # (fused.py); as_published: upstream's eager step loop on mamba-ssm's ops.
+        best = self.mode == "best"
+        self.model.use_cuda_graphs = best if args["cuda_graphs"] is None else args["cuda_graphs"]
+        self.model.use_fused_decode = best if args["fused_decode"] is None else args["fused_decode"]
+        self.temperature, self.top_k, self.cfg_scale = args["temperature"], args["top_k"], args["cfg_scale"]
+        tok = self.tokenizer
+        self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
+                    ("<|mmu|>", "<|t2i|>", "<|soi|>", "<|eoi|>", "<|sot|>", "<|eot|>")}
+        self.stop_ids = {tok.eos_token_id, self.ids["eot"]}
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.lm.backbone.embedding.weight.device
+
+    def _ids(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], dtype=torch.long, device=self._device)
+
+    # -- understanding --
+    def mmu_text_ids(self, question: str) -> list[int]:
+        """The question in the chosen template, tokenized (GPT-NeoX adds no BOS)."""
+        return self.tokenizer(mmu_prompt(question, self.args["prompt"])).input_ids
+
+    def mmu_embeddings(self, prompt: str, image_features: torch.Tensor | None) -> torch.Tensor:
+        """[MMU][SOI] <729 image features> [EOI][SOT] prompt, plus MMU positions: (1, l, d)."""
+        m = self.model
+        if image_features is None:  # upstream's text-only layout: zeros where the image would be
+            image_features = torch.zeros(1, m.config.vision.num_patches, m.config.d_model, device=self._device)
+        text = self.mmu_text_ids(prompt)
+        head = m.text_embeddings(self._ids([self.ids["mmu"], self.ids["soi"]]))
+        tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
+        return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
+
+    @torch.inference_mode()
+    def generate_text(self, requests: Sequence[Request]) -> list[str]:
+        m = self.model
+        with_image = [i for i, r in enumerate(requests) if r.images]
+        feats: dict[int, torch.Tensor] = {}
+        if with_image:  # one image per request (the first), as upstream
+            pixels = m.vision_backbone.preprocess([requests[i].images[0] for i in with_image])
+            out = m.image_features({k: v.to(self._device) for k, v in pixels.items()})
+            feats = {i: out[j: j + 1] for j, i in enumerate(with_image)}
+        # Each prompt is read on its own (exact per-sample lengths, no padding through the recurrence);
+        # the states are then stacked and decoded as one batch.
+        states, first = [], []
+        for i, r in enumerate(requests):
+            state, logits = m.prefill(self.mmu_embeddings(r.prompt, feats.get(i)), "mmu")
+            states.append(state)
+            first.append(logits)
+        state, limits = DecodeState.cat(states), token_limits(requests, 1024)
+        tokens = greedy(torch.cat(first), lambda token: self.decode_step(state, token), self.stop_ids, max(limits))
+        return decode_answers(self.tokenizer, tokens, limits, self.stop_ids)
+
+    # -- text to image --
+    def t2i_ids(self, caption: str) -> list[int]:
+        """[T2I][SOT] caption (first caption_len tokens, left-padded with [PAD]) [EOT][SOI]."""
+        n = self.model.config.caption_len
+        text = self.tokenizer(caption).input_ids[:n]
+        pad = [self.tokenizer.pad_token_id] * (n - len(text))
+        return [self.ids["t2i"], self.ids["sot"], *pad, *text, self.ids["eot"], self.ids["soi"]]
+
+    @torch.inference_mode()
+    def generate_image_tokens(self, requests: Sequence[Request]) -> torch.Tensor:
+        m, cfg = self.model, self.cfg_scale
+        captions = [r.prompt for r in requests] + ([NULL_CAPTION] * len(requests) if cfg != 1.0 else [])
+        ids = torch.tensor([self.t2i_ids(c) for c in captions], device=self._device)
+        state, logits = m.prefill(m.caption_embeddings(ids), "t2i")
+        gens = [torch.Generator(self._device).manual_seed(int(r.seed)) for r in requests]
+        out = []
+        for i in range(m.config.num_image_tokens):
+            if cfg != 1.0:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + cfg * (cond - uncond)
+            token = sample_tokens(logits, self.temperature, self.top_k, gens)
+            out.append(token)
+            if i + 1 < m.config.num_image_tokens:
+                logits = m.step(state, token.repeat(2) if cfg != 1.0 else token)
+        return torch.stack(out, dim=1)
+
+    @torch.inference_mode()
+    def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
+        codes = self.generate_image_tokens(requests)
+        pixels = self.model.llm_backbone.vqvae.decode_code(codes).float()
+        pixels = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
+
+    # -- speed sweep --
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int = 0) -> DecodeState:
+        # A recurrent state has one size whatever follows: max_new_tokens sizes nothing.
+        m = self.model
+        embeds = m.with_mmu_positions(m.text_embeddings(input_ids.to(self._device)))
+        state, logits = m.prefill(embeds, "mmu")
+        state.logits = logits
+        return state
+
+    def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
+        return self.model.step(state, token.to(self._device))
+
+    @classmethod
+    def weights_warning(cls, args: dict[str, Any]) -> str | None:
+        return random_weights_warning(args["preset"])
+
+    def provenance(self) -> dict[str, Any]:
+        return {"submodules_from_their_own_weights": self.weight_sources}

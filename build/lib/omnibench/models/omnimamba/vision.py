@@ -1,0 +1,94 @@
+"""OmniMamba's understanding encoder (Cobra/Prismatic "dinosiglip-vit-so-384px"): DINOv2 ViT-L/14 with 4
+registers and SigLIP So400m/14, both at 384 px, each giving its second-to-last block's 27x27 = 729
+patch features (no final norm, DINOv2's cls and register tokens dropped), concatenated channel-wise
+(1024 + 1152) and sent through the fused GELU-MLP projector.
+
+The towers are transformers' `Dinov2WithRegistersModel` and `SiglipVisionModel`. Upstream built them
+with timm, so its checkpoint holds timm names (`vision_backbone.dino_featurizer.blocks.0.attn.qkv.weight`);
+`models.common.timm_names` maps the two (the fused qkv is split/joined)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+# timm's data configs of the two towers (resize-naive strategy: square bicubic resize, no crop).
+DINO_MEAN, DINO_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+@dataclass
+class VisionConfig:
+    image_size: int = 384
+    patch_size: int = 14
+    dino_width: int = 1024
+    dino_layers: int = 24
+    dino_heads: int = 16
+    dino_registers: int = 4
+    siglip_width: int = 1152
+    siglip_layers: int = 27
+    siglip_heads: int = 16
+    siglip_mlp: int = 4304
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def embed_dim(self) -> int:
+        return self.dino_width + self.siglip_width
+
+
+def _pixels(img: Image.Image, size: int, mean, std) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+class DinoSigLIPBackbone(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        from transformers import (Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig,
+                                  SiglipVisionModel)
+
+        self.config = cfg
+        self.dino_featurizer = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
+            hidden_size=cfg.dino_width, num_hidden_layers=cfg.dino_layers, num_attention_heads=cfg.dino_heads,
+            mlp_ratio=4, image_size=cfg.image_size, patch_size=cfg.patch_size,
+            num_register_tokens=cfg.dino_registers, layer_norm_eps=1e-6, layerscale_value=1.0))
+        self.siglip_featurizer = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=cfg.siglip_width, num_hidden_layers=cfg.siglip_layers,
+            num_attention_heads=cfg.siglip_heads, intermediate_size=cfg.siglip_mlp,
+            image_size=cfg.image_size, patch_size=cfg.patch_size, layer_norm_eps=1e-6,
+            # Upstream builds this tower with timm 0.9.10's vit_so400m_patch14_siglip_384, whose MLP uses
+            # nn.GELU (exact, erf), not the tanh approximation of transformers' SigLIP default.
+            hidden_act="gelu"))
+        with torch.no_grad():  # timm's layout has no position for the cls token: keep HF's cls row at 0
+            self.dino_featurizer.embeddings.position_embeddings[:, :1].zero_()
+
+    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        s = self.config.image_size
+        return {"dino": torch.stack([_pixels(i, s, DINO_MEAN, DINO_STD) for i in images]),
+                "siglip": torch.stack([_pixels(i, s, SIGLIP_MEAN, SIGLIP_STD) for i in images])}
+
+    def forward(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
+        dtype = self.dino_featurizer.embeddings.cls_token.dtype
+        dino = self.dino_featurizer(pixel_values=pixels["dino"].to(dtype), output_hidden_states=True)
+        siglip = self.siglip_featurizer(pixel_values=pixels["siglip"].to(dtype), output_hidden_states=True)
+        prefix = 1 + self.config.dino_registers
+        return torch.cat([dino.hidden_states[-2][:, prefix:], siglip.hidden_states[-2]], dim=2)
+
+
+class FusedMLPProjector(nn.Module):
+    """Linear(d, 4d) GELU Linear(4d, llm) GELU Linear(llm, llm), as `projector.projector.{0,2,4}`."""
+
+    def __init__(self, vision_dim: int, llm_dim: int):
+        super().__init__()
+        self.projector = nn.Sequential(nn.Linear(vision_dim, 4 * vision_dim), nn.GELU(),
+                                       nn.Linear(4 * vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+
+    def forward(self, x):
+        return self.projector(x)

@@ -1,0 +1,400 @@
+"""The batched runner: tasks' requests through a model adapter, every finished batch on disk before the
+next starts, resumable, sharded across torchrun ranks, gathered and scored on rank 0."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from omnibench import dist, identity, registry
+from omnibench.cache import SampleCache, atomic_write_text
+from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
+from omnibench.manifest import build_manifest
+from omnibench.protocol import Doc, Docs, ModelAdapter, OmnibenchError, Request, Task
+
+log = logging.getLogger("omnibench")
+# Cache bookkeeping that the samples file leaves out (it differs between two runs of the same samples).
+CACHE_ONLY = ("written_ns",)
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    """'key: old -> new' for each leaf that differs between two nested dicts."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = _differences(x, y, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} -> {y!r}")
+    return "; ".join(out)
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """Per-sample seed: the same image for a sample whatever its batch or rank, so resume is exact."""
+    import hashlib
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:4], "little")
+
+
+def limit_count(total: int, limit: float | None) -> int:
+    """How many of a task's `total` docs `--limit` keeps (the first ones)."""
+    if limit is None:
+        return total
+    return min(total, int(limit) if limit >= 1 else max(1, int(total * limit)))
+
+
+def run_dir(cfg: RunConfig, chash: str) -> Path:
+    return Path(cfg.output_path) / f"{cfg.model}_{chash}"
+
+
+def _safe_name(sample_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)
+
+
+@dataclass
+class PassStats:
+    """What one rank's pass over its share of a task did, and why it recomputed what it did."""
+
+    cached: int = 0
+    generated: int = 0
+    rescored: int = 0
+    failed: int = 0
+    why: Counter = field(default_factory=Counter)
+
+    def line(self, task: str) -> str:
+        reasons = ", ".join(f"{n} {why}" for why, n in self.why.most_common())
+        return (f"{task}: {self.cached} cached, {self.generated} generated, {self.rescored} re-scored, "
+                f"{self.failed} failed to load" + (f" (recomputed: {reasons})" if reasons else ""))
+
+
+class Runner:
+    """Evaluates one RunConfig. `model_factory` builds the adapter (the registry's class by default);
+    it is called only if some sample still needs the model."""
+
+    def __init__(self, cfg: RunConfig, model_factory: Callable[[], ModelAdapter] | None = None) -> None:
+        self.cfg = cfg
+        self.rank, self.world = dist.rank_world()
+        self.model_cls = registry.get_model_class(cfg.model)
+        # The run's identity: the adapter's declared arguments with every default filled in, so a
+        # misspelled key fails here and a default changed in code gives a new run folder.
+        self.model_config = self.model_cls.resolved_config(cfg.dtype, cfg.model_args)
+        self.chash = config_hash(self.model_config, cfg.seed)
+        self.model_code = identity.model_code_version(self.model_cls)
+        self.dir = run_dir(cfg, self.chash)
+        self._factory = model_factory or (lambda: self.model_cls(
+            device=dist.local_device(cfg.device), dtype=cfg.dtype, **cfg.model_args))
+        self._model: ModelAdapter | None = None
+        self._replaced: Path | None = None
+
+    @property
+    def model(self) -> ModelAdapter:
+        if self._model is None:
+            self._model = self._factory()
+        return self._model
+
+    def run(self) -> dict[str, Any] | None:
+        cfg = self.cfg
+        tasks = [registry.get_task_class(name)(**args) for name, args in task_args_for(cfg.tasks, cfg.task_args).items()]
+        dist.init(cfg.device)
+        seed_everything(cfg.seed)
+        self._claim_folder()
+        results, counts, timing, fingerprints, totals = {}, {}, {}, {}, {}
+        gathered: dict[str, list[dict[str, Any]]] = {}
+        for task in tasks:
+            task.run_dir = self.dir
+            docs = task.docs()
+            totals[task.name] = len(docs)
+            n = limit_count(len(docs), cfg.limit)
+            ids = docs.ids[:n]
+            if len(set(ids)) != len(ids):
+                raise OmnibenchError(f"task {task.name}: sample ids are not unique; the dataset has duplicate rows")
+            cache = SampleCache(self.dir / "cache", self.chash, task.name, self.rank)
+            timing[task.name] = self._generate(task, docs, n, cache)
+            dist.barrier()
+            self._drop_replaced()
+            fingerprints[task.name] = task.fingerprint()
+            if self.rank != 0:
+                continue
+            finished = cache.load()
+            missing = [i for i in ids if i not in finished]
+            if missing:
+                raise OmnibenchError(f"task {task.name}: {len(missing)} samples unfinished (first: {missing[0]}); "
+                                     f"re-run the same command with --resume")
+            ordered = [{k: v for k, v in finished[i].items() if k not in CACHE_ONLY} for i in ids]
+            gathered[task.name] = ordered
+            results[task.name] = task.aggregate([r["record"] for r in ordered])
+            counts[task.name] = {"total": len(ordered), "failed": sum(r["error"] is not None for r in ordered),
+                                 "available": totals[task.name]}
+        dist.barrier()
+        if self.rank != 0:
+            dist.finish()
+            return None
+        out = self._write(tasks, results, counts, timing, fingerprints, gathered)
+        dist.finish()
+        return out
+
+    def _claim_folder(self) -> None:
+        """Rank 0 checks that the run folder is this configuration's (its `run.json`), or, with
+        --overwrite, moves the old run aside once this run's model has loaded (so a run that cannot
+        start leaves the old one intact); the old one is deleted when this one has produced a task."""
+        cfg = self.cfg
+        if cfg.overwrite and self.dir.exists():
+            self.model  # every rank loads first: a failure here must leave the old run untouched
+            dist.barrier()
+            if self.rank == 0:
+                self._replaced = self.dir.with_name(f"{self.dir.name}.replaced")
+                shutil.rmtree(self._replaced, ignore_errors=True)
+                self.dir.rename(self._replaced)
+        if self.rank == 0:
+            check_writable_dir(str(self.dir), "--output_path")
+            theirs = self._recorded_identity()
+            if theirs is not None and (theirs.get("config_hash") != self.chash or theirs.get("model_config")
+                                       != self.model_config or theirs.get("seed") != cfg.seed):
+                mine = {k: self._identity()[k] for k in ("model_config", "seed")}
+                raise OmnibenchError(f"{self.dir} holds a run of another configuration (differs in: "
+                                     f"{_differences({k: theirs.get(k) for k in mine}, mine)}); it was copied or "
+                                     f"renamed: use another --output_path or --overwrite")
+        dist.barrier()
+
+    def _identity(self) -> dict[str, Any]:
+        return {"config_hash": self.chash, "model_config": self.model_config, "seed": self.cfg.seed}
+
+    def _recorded_identity(self) -> dict[str, Any] | None:
+        path = self.dir / "run.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise OmnibenchError(f"unreadable {path} ({exc}): the run folder is damaged; use another "
+                                 f"--output_path or --overwrite") from None
+
+    def _drop_replaced(self) -> None:
+        if self._replaced is not None and self.rank == 0:
+            shutil.rmtree(self._replaced, ignore_errors=True)
+            self._replaced = None
+
+    def _generate(self, task: Task, docs: Docs, n: int, cache: SampleCache) -> dict[str, Any]:
+        """This rank's share of the first `n` docs: each sample whose cached record was made from the
+        same request by the same model code is kept (re-scored if the task's code or arguments changed);
+        the others are generated in batches, each batch on disk before the next starts."""
+        cfg = self.cfg
+        done = cache.load()
+        if done and not cfg.resume:
+            raise OmnibenchError(f"{len(done)} finished samples of {task.name} already in {cache.folder}: "
+                                 f"pass --resume to continue that run or --overwrite to start over")
+        scoring = identity.scoring_version(task)
+        stats = PassStats()
+        ready: list[dict[str, Any]] = []
+        pending: list[tuple[int, Doc, Request, str]] = []
+        mine = range(self.rank, n, self.world)
+        if any(docs.ids[i] not in done for i in mine):
+            self.model  # load before the progress bar starts, so a load error prints alone
+        start = time.perf_counter()
+        with tqdm(total=len(mine), desc=task.name, unit="sample", disable=self.rank != 0 or not mine) as bar:
+            for i in mine:
+                doc = docs[i]
+                old = done.get(doc.doc_id)
+                try:
+                    req = task.build_request(doc)
+                except Exception as exc:  # a corrupt image fails its sample, not the run
+                    reason = str(exc) if isinstance(exc, OmnibenchError) else f"{type(exc).__name__}: {exc}"
+                    if old is not None and old["error"] == reason and old.get("scoring") == scoring:
+                        stats.cached += 1
+                    else:
+                        ready.append(self._record(task, doc, i, None, None, reason, None, scoring))
+                    stats.failed += 1
+                    bar.update(1)
+                else:
+                    req.seed = sample_seed(cfg.seed, doc.doc_id)
+                    sha = identity.request_fingerprint(req)
+                    why = self._stale(task, old, sha) if old is not None else "new"
+                    if why is None:
+                        if old.get("scoring") == scoring:
+                            stats.cached += 1
+                        else:  # same answer, scored by changed task code or arguments
+                            ready.append({**old, "record": task.process(doc, old["output"]), "scoring": scoring})
+                            stats.rescored += 1
+                        bar.update(1)
+                    else:
+                        if why != "new":
+                            stats.why[why] += 1
+                        pending.append((i, doc, req, sha))
+                if len(pending) >= cfg.batch_size or len(ready) >= cfg.batch_size:
+                    self._flush(task, pending, ready, cache, scoring, bar)
+                    stats.generated += len(pending)
+                    pending, ready = [], []
+            self._flush(task, pending, ready, cache, scoring, bar)
+            stats.generated += len(pending)
+        seconds = time.perf_counter() - start
+        if mine:
+            log.info(("" if self.world == 1 else f"[rank {self.rank}] ") + stats.line(task.name))
+        return {"generated": stats.generated, "cached": stats.cached, "rescored": stats.rescored,
+                "recomputed": dict(stats.why), "seconds": round(seconds, 3),
+                "samples_per_second": round(stats.generated / seconds, 3) if stats.generated and seconds > 0 else None}
+
+    def _stale(self, task: Task, old: dict[str, Any], request_sha: str) -> str | None:
+        """Why a cached sample cannot be reused for this request, or None if it can."""
+        if old.get("error") is not None:
+            return "failed before"
+        if old.get("request") != request_sha:
+            return "request changed (prompt, image, generation settings or seed)"
+        if old.get("model_code") != self.model_code:
+            return "model code or library version changed"
+        if task.output_type == "image":
+            path = self.dir / str(old["output"])
+            if not path.is_file() or identity.file_sha256(path) != old.get("image_sha256"):
+                return "image missing or changed on disk"
+        return None
+
+    def _flush(self, task: Task, pending: list[tuple[int, Doc, Request, str]], ready: list[dict[str, Any]],
+               cache: SampleCache, scoring: str, bar: tqdm) -> None:
+        if pending:
+            ready = ready + self._run_batch(task, pending, scoring)
+        if ready and not (self.dir / "run.json").exists():
+            # The folder's identity is written with its first sample, so a run that fails before it
+            # produces anything leaves nothing behind.
+            atomic_write_text(self.dir / "run.json", json.dumps(self._identity(), indent=2, sort_keys=True) + "\n")
+        cache.append(ready)
+        bar.update(len(pending))
+
+    def _run_batch(self, task: Task, batch: list[tuple[int, Doc, Request, str]], scoring: str) -> list[dict[str, Any]]:
+        reqs = [req for _, _, req, _ in batch]
+        try:
+            if task.output_type == "image":
+                outputs = self.model.generate_images(reqs)
+            else:
+                outputs = self.model.generate_text(reqs)
+        except Exception as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            raise OmnibenchError(f"out of memory on a batch of {len(reqs)} {task.name} samples (first: "
+                                 f"{reqs[0].sample_id}): finished samples are saved; re-run with a smaller "
+                                 f"--batch_size and --resume") from exc
+        if len(outputs) != len(reqs):
+            raise OmnibenchError(f"model {self.cfg.model} returned {len(outputs)} outputs for {len(reqs)} requests")
+        records = []
+        for (i, doc, req, sha), output in zip(batch, outputs):
+            extra = {}
+            if task.output_type == "image":
+                output, extra["image_sha256"] = self._save_image(task, doc.doc_id, output)
+            records.append({**self._record(task, doc, i, req.prompt, output, None, sha, scoring), **extra})
+        return records
+
+    def _record(self, task: Task, doc: Doc, index: int, prompt: str | None, output: Any, error: str | None,
+                request_sha: str | None, scoring: str) -> dict[str, Any]:
+        return {"sample_id": doc.doc_id, "doc_index": index, "prompt": prompt, "output": output, "error": error,
+                "record": task.process(doc, output), "request": request_sha, "model_code": self.model_code,
+                "scoring": scoring}
+
+    def _image_rel(self, task: Task, sample_id: str) -> str:
+        """Where a generated image lives, relative to the run folder (records stay valid if it moves)."""
+        return f"images/{task.name}/{_safe_name(sample_id)}.png"
+
+    def _save_image(self, task: Task, sample_id: str, image) -> tuple[str, str]:
+        """The image written atomically; its path relative to the run folder and its sha256."""
+        rel = self._image_rel(task, sample_id)
+        path = self.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.png")
+        image.save(tmp)
+        digest = identity.file_sha256(tmp)
+        tmp.replace(path)
+        return rel, digest
+
+    def _write(self, tasks: list[Task], results: dict, counts: dict, timing: dict, fingerprints: dict,
+               gathered: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        """results.json, report.md, samples and exports. Each run also keeps its own
+        `history/results_<UTC time>.json`. A run that scored fewer samples of a task than the finished
+        run in this folder (`--limit` on a finished run) never replaces it: its outputs go to
+        `partial/<UTC time>/` and the log says so."""
+        from omnibench.report import render_report
+
+        cfg = self.cfg
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self.dir
+        kept = self._covers_more(counts)
+        if kept:
+            target = self.dir / "partial" / stamp
+            log.warning(f"{self.dir / 'results.json'} kept: it scored more samples ({kept}); this run's outputs "
+                        f"are in {target}")
+        exports = {}
+        for task in tasks:
+            records = gathered[task.name]
+            exports[task.name] = [str(p) for p in task.export([r["record"] for r in records], target)]
+            if cfg.log_samples:
+                atomic_write_text(target / f"samples_{task.name}.jsonl", "".join(
+                    json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records))
+        identity_info = {
+            "model_config": self.model_config, "model_code": self.model_code,
+            "tasks": {t.name: {"args": t.args, "code": identity.code_version(type(t).__module__),
+                               "scoring": identity.scoring_version(t)} for t in tasks}}
+        out = {
+            "schema_version": RESULTS_SCHEMA_VERSION,
+            "model": cfg.model,
+            "config_hash": self.chash,
+            "results": results,
+            "headline": {t.name: {"table": t.paper_table, "column": t.paper_column,
+                                     "metric": t.paper_metric, "scale": t.paper_scale}
+                         for t in tasks},
+            # Declared by each task, so that a regression gate needs no rule about metric names.
+            "directions": {t.name: {m: t.direction(m) for m in results[t.name]} for t in tasks},
+            "n_samples": counts,
+            "warnings": self._warnings(counts),
+            "timing": timing,
+            "exports": exports,
+            "manifest": build_manifest(cfg.to_dict(), fingerprints, {
+                "world_size": self.world, "identity": identity_info,
+                "model_provenance": self._model.provenance() if self._model is not None else "model not loaded "
+                                    "(every sample came from the cache)"}, argv=cfg.argv),
+        }
+        text = json.dumps(out, indent=2, sort_keys=True, default=str) + "\n"
+        atomic_write_text(self.dir / "history" / f"results_{stamp}.json", text)
+        atomic_write_text(target / "results.json", text)
+        atomic_write_text(target / "report.md", render_report(out))
+        out["output_dir"] = str(target)
+        return out
+
+    def _covers_more(self, counts: dict[str, dict[str, int]]) -> str:
+        """'task: N > M' for each task the finished results.json here scored more samples of."""
+        try:
+            old = json.loads((self.dir / "results.json").read_text())["n_samples"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+        return ", ".join(f"{t}: {old[t]['total']} > {c['total']}" for t, c in counts.items()
+                         if isinstance(old.get(t), dict) and old[t].get("total", 0) > c["total"])
+
+    def _warnings(self, counts: dict[str, dict[str, int]]) -> list[str]:
+        """What a reader of the numbers must know before comparing them with anything."""
+        out = []
+        weights = self.model_cls.weights_warning(self.model_cls.resolve_args(self.cfg.model_args))
+        if weights:
+            out.append(weights)
+        for task, c in counts.items():
+            if c["total"] < c["available"]:
+                out.append(f"--limit {self.cfg.limit:g}: {task} scored {c['total']} of {c['available']} samples; "
+                           f"not comparable with published numbers")
+            if c["failed"]:
+                out.append(f"{task}: {c['failed']} of {c['total']} samples failed and count as wrong")
+        return out

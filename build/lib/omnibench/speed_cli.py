@@ -1,0 +1,148 @@
+"""`run_speed.py`: flags over the speed sweep (omnibench.speed) and its reports."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omnibench.config import check_at_least, check_device, check_writable_dir, parse_kv, scoped_args
+from omnibench.errors import add_verbosity_flag, cli_main
+from omnibench.manifest import build_manifest
+from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
+from omnibench.registry import get_model_class
+from omnibench.speed import DEFAULT_LENGTHS, SweepConfig, as_dict, run_sweep
+from omnibench.speed_report import record_run, write_reports
+
+
+def paper_models() -> list[str]:
+    """The registered models of the paper's Fig. 1 (reports/paper/fig1_speed.json `models`)."""
+    from omnibench.report import paper_table
+    models = (paper_table("fig1_speed") or {}).get("models", {})
+    return list(dict.fromkeys(models.values()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_speed.py", description=__doc__)
+    p.add_argument("--models", default=",".join(paper_models()), help="comma list (default: the models of the "
+                   "paper's Fig. 1, from reports/paper/fig1_speed.json)")
+    p.add_argument("--modes", default="best", help="comma list of as_published, best")
+    p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="context lengths in tokens")
+    p.add_argument("--max-len", type=int, default=None, help="drop lengths above this")
+    p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--preset", default="full", help="full (random weights, full size), tiny, or a checkpoint: "
+                   "pretrained=<path> is taken from --model_args")
+    p.add_argument("--model_args", default="", help="k=v,... for every model or <model>.k=v for one "
+                   "(e.g. omnimamba.cfg_scale=3)")
+    p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--warmup-steps", type=int, default=4, help="untimed decode steps before the timed ones")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--point-timeout", type=float, default=300.0, help="seconds per point before it is recorded as timeout")
+    p.add_argument("--full-budget", type=float, default=60.0,
+                   help="measure the whole forced generation when its estimate is under this many seconds (0: never)")
+    p.add_argument("--image-batch", type=int, default=16)
+    p.add_argument("--output-dir", default="results/speed",
+                   help="the point store and reports (the committed reports/speed only when named here)")
+    p.add_argument("--report-only", action="store_true", help="render reports from the finished points; measure nothing")
+    p.add_argument("--gpu", default=None, help="with --report-only: whose points to report (e.g. 'NVIDIA H100 80GB HBM3')")
+    add_verbosity_flag(p)
+    return p
+
+
+def parse_lengths(text: str, max_len: int | None) -> list[int]:
+    """'1024,2048' -> [1024, 2048], without those above `max_len` (only `max_len` if none is left)."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in parts if not x.isdigit()]
+    if bad:
+        raise OmnibenchError(f"--lengths {text!r}: '{bad[0]}' is not a whole number of tokens "
+                             "(give a comma list such as 1024,2048)")
+    if not parts:
+        raise OmnibenchError(f"--lengths {text!r} names no length (give a comma list such as 1024,2048)")
+    lengths = sorted({int(x) for x in parts})
+    if lengths[0] < 2:
+        raise OmnibenchError(f"--lengths {text!r}: {lengths[0]} is too short (each length must be at least 2 tokens)")
+    if max_len is not None:
+        check_at_least("--max-len", max_len, 2)
+        lengths = [n for n in lengths if n <= max_len] or [max_len]
+    return lengths
+
+
+def to_config(args: argparse.Namespace) -> SweepConfig:
+    """The sweep the flags ask for; every bad value is a one-line error here, before anything is built or written."""
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise OmnibenchError("--models is empty: give a comma list of models (e.g. omnimamba,showo,janusflow)")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes:
+        raise OmnibenchError("--modes is empty: give a comma list of as_published, best")
+    bad = [m for m in modes if m not in ("as_published", "best")]
+    if bad:
+        raise OmnibenchError(f"unknown mode '{bad[0]}' (known: as_published, best)")
+    for flag, value, minimum in (("--decode-steps", args.decode_steps, 1), ("--warmup-steps", args.warmup_steps, 0),
+                                 ("--repeats", args.repeats, 1), ("--image-batch", args.image_batch, 1),
+                                 ("--full-budget", args.full_budget, 0)):
+        check_at_least(flag, value, minimum)
+    check_at_least("--point-timeout", args.point_timeout, 0, exclusive=True)
+    if args.gpu is not None and not args.report_only:
+        raise OmnibenchError("--gpu selects whose finished points to report: use it with --report-only "
+                             "(a measuring run records this machine's GPU)")
+    # --report-only measures nothing: --device then only selects points, which may come from another machine.
+    device = check_device(args.device, present=not args.report_only)
+    return SweepConfig(models=models, modes=modes, lengths=parse_lengths(args.lengths, args.max_len), device=device,
+                       dtype=args.dtype, preset=args.preset, decode_steps=args.decode_steps,
+                       warmup_steps=args.warmup_steps, repeats=args.repeats, point_timeout_s=args.point_timeout,
+                       full_generation_budget_s=args.full_budget, image_batch=args.image_batch,
+                       output_dir=str(check_writable_dir(args.output_dir, "--output-dir")),
+                       model_args=parse_kv(args.model_args, "--model_args"), report_only=args.report_only, gpu=args.gpu)
+
+
+def speed_model_class(model: str) -> type[ModelAdapter]:
+    """The adapter class of a model the sweep can time; unknown names fail with the list of known ones."""
+    cls = get_model_class(model, speed_references=True)
+    if not issubclass(cls, SpeedProtocol):
+        raise OmnibenchError(f"model '{model}' has no prefill/decode_step for the speed sweep")
+    return cls
+
+
+def registry_factory(cfg: SweepConfig):
+    def build(model: str, mode: str) -> ModelAdapter:
+        return speed_model_class(model)(device=cfg.device, dtype=cfg.dtype,
+                                        **{"preset": cfg.preset, "mode": mode, **scoped_args(model, cfg.model_args)})
+    return build
+
+
+def sweep(args: argparse.Namespace, command: list[str]) -> int:
+    cfg = to_config(args)
+    for model in cfg.models:
+        speed_model_class(model)  # unknown names fail before anything runs
+    manifest = build_manifest(as_dict(cfg), argv=command)
+    factory, recorded, unbuilt = registry_factory(cfg), [], []
+
+    def build(model: str, mode: str) -> ModelAdapter:
+        try:
+            adapter = factory(model, mode)
+        except OmnibenchError as exc:
+            unbuilt.append(f"{model}/{mode} cannot be built: {exc}")
+            raise
+        if not recorded:  # recorded once a model is built, so a bad --preset or --model_args writes nothing
+            record_run(Path(cfg.output_dir), manifest)
+            recorded.append(True)
+        return adapter
+
+    points = run_sweep(cfg, build)
+    if not points:
+        if unbuilt:
+            raise OmnibenchError(f"no finished points: {unbuilt[0]}")
+        raise OmnibenchError(f"no finished points for this selection in {cfg.output_dir} (--report-only measures "
+                             "nothing: check --output-dir, --models, --modes, --device, --dtype, --preset, --gpu, "
+                             "or measure first)" if cfg.report_only else
+                             f"no finished points for this sweep in {cfg.output_dir}")
+    paths = write_reports(points, build_manifest(as_dict(cfg), argv=command), Path(cfg.output_dir))
+    print(f"report: {paths['md']}\njson:   {paths['json']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)  # argparse's own errors: usage, then "run_speed.py: error: ...", exit 2
+    return cli_main(lambda: sweep(args, ["run_speed.py", *argv]), args.verbosity)

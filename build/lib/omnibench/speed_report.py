@@ -1,0 +1,200 @@
+"""speed.json, speed.md and plots from the sweep's points, with the paper's Fig. 1 and Table 3 beside them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from omnibench.cache import atomic_write_text
+from omnibench.report import paper_table
+from omnibench.speed import with_totals
+
+GIB = 1024 ** 3
+# The paper's ratio claims (Fig. 1(c)(d)): baseline, metric, context length in tokens.
+
+
+def _gib(value: Any) -> float | None:
+    return value / GIB if isinstance(value, (int, float)) else None
+
+
+def _peak(p: dict[str, Any]) -> float | None:
+    """Peak memory of a point for the ratios: torch's allocator peak, a true peak on every backend.
+    (NVML's process total is shown beside it; it is read between timed regions, not polled.)"""
+    return p.get("peak_memory_bytes_torch")
+
+
+def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for p in sorted((p for p in points if p["kind"] == "context"), key=lambda p: (p["model"], p["mode"], p["length"])):
+        ok = p.get("status") == "ok"
+        rows.append({
+            "model": p["model"], "mode": p["mode"], "length": p["length"], "status": p["status"],
+            "prefill_s": p.get("prefill_seconds") if ok else None,
+            "decode_ms_per_token": p["decode_seconds_per_token"] * 1e3 if ok else None,
+            "tokens_per_s": p.get("decode_tokens_per_second") if ok else None,
+            "total_s": p.get("total_seconds"), "total_source": p.get("total_source", ""),
+            "peak_torch_gib": _gib(p.get("peak_memory_bytes_torch")),
+            "nvml_process_gib": _gib(p.get("peak_memory_bytes_nvml")),
+            "note": p.get("reason", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def _point(points: list[dict[str, Any]], model: str, mode: str, length: int) -> dict[str, Any] | None:
+    for p in points:
+        if p["kind"] == "context" and p["model"] == model and p["mode"] == mode and p["length"] == length \
+                and p.get("status") == "ok":
+            return p
+    return None
+
+
+def ratio_rows(points: list[dict[str, Any]], ours_mode: str, baseline_mode: str) -> list[dict[str, Any]]:
+    """The paper's model's speedup (total time ratio) and memory saving (in `ours_mode`) against each
+    baseline (in `baseline_mode`) at the paper's claim lengths, beside the paper's numbers. Which models
+    and lengths those are is data (reports/paper/fig1_speed.json: `models`, `seq_len_tokens`)."""
+    fig = paper_table("fig1_speed") or {"claims": [], "models": {}, "seq_len_tokens": {}}
+    name = fig["models"].get("ours")
+    rows = []
+    for claim in fig["claims"]:
+        baseline = fig["models"].get(claim["vs"])
+        length = fig["seq_len_tokens"].get(claim["seq_len"])
+        ours, theirs = _point(points, name, ours_mode, length), _point(points, baseline, baseline_mode, length)
+        value = None
+        if ours and theirs:
+            if claim["metric"] == "inference_time_speedup" and ours.get("total_seconds") and theirs.get("total_seconds"):
+                value = theirs["total_seconds"] / ours["total_seconds"]
+            elif claim["metric"] == "gpu_memory_reduction" and _peak(ours) and _peak(theirs):
+                value = 100 * (1 - _peak(ours) / _peak(theirs))
+        rows.append({name: ours_mode, "vs": f"{baseline} ({baseline_mode})", "metric": claim["metric"],
+                     "length": length, "paper": f"{claim['value']}{claim['unit']}",
+                     "measured": "-" if value is None else f"{value:.1f}{claim['unit']}",
+                     "why missing": "" if value is not None else
+                     ("baseline point not ok (oom/timeout/not run)" if ours else f"{name} point not ok / not run")})
+    return rows
+
+
+# Which modes are set against each other: the paper's own setting (OmniMamba on its fast decode path,
+# the baselines as their code ships), then like against like.
+RATIO_SETTINGS = (("best", "as_published", "paper's setting: OmniMamba's fast path vs the baselines as published"),
+                  ("best", "best", "every model with its best kernels"),
+                  ("as_published", "as_published", "every model as published"))
+
+
+def image_table(points: list[dict[str, Any]]) -> pd.DataFrame:
+    table = paper_table("table3_gen_speed") or {"rows": [], "models": {}}
+    paper = {table["models"].get(r["model"]): r for r in table["rows"]}
+    rows = []
+    for p in sorted((p for p in points if p["kind"] == "image_gen"), key=lambda p: (p["model"], p["mode"])):
+        ref = paper.get(p["model"])
+        rows.append({"model": p["model"], "mode": p["mode"], "status": p["status"], "batch": p.get("batch"),
+                     "images_per_s": p.get("images_per_second"), "total_s": p.get("total_seconds"),
+                     "paper_images_per_s": ref and ref.get("gen_avg_images_per_s"),
+                     "paper_total_s": ref and ref.get("total_s"), "note": p.get("reason", "")})
+    return pd.DataFrame(rows)
+
+
+def plot(points: list[dict[str, Any]], folder: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    ctx = [p for p in points if p["kind"] == "context" and p.get("status") == "ok"]
+    for name, key, ylabel, scale, logy in (
+            ("speed_time.png", "total_seconds", "total generation time (s)", 1.0, True),
+            ("speed_decode.png", "decode_seconds_per_token", "decode latency (ms/token)", 1e3, True),
+            ("speed_memory.png", None, "peak GPU memory (GiB)", 1.0 / GIB, False)):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (model, mode) in sorted({(p["model"], p["mode"]) for p in ctx}):
+            series = sorted((p["length"], (p.get(key) if key else _peak(p))) for p in ctx
+                            if p["model"] == model and p["mode"] == mode)
+            series = [(x, y * scale) for x, y in series if y is not None]
+            if series:
+                ax.plot(*zip(*series), marker="o", label=f"{model} ({mode})")
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+RUNS_FILE = "speed_runs.jsonl"
+
+
+def record_run(folder: Path, manifest: dict[str, Any]) -> None:
+    """Append the manifest of a measuring run (command, GPU, driver, versions) to the store's folder:
+    a report rendered elsewhere later still says where its points were measured."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / RUNS_FILE, "a") as fh:
+        fh.write(json.dumps(manifest, sort_keys=True, default=str) + "\n")
+
+
+def measuring_runs(folder: Path) -> list[dict[str, Any]]:
+    path = folder / RUNS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    points = with_totals(points)
+    runs = measuring_runs(folder)
+    atomic_write_text(folder / "speed.json", json.dumps({"schema_version": 1, "manifest": manifest, "runs": runs,
+                                                         "points": points}, indent=2, sort_keys=True) + "\n")
+    modes = sorted({p["mode"] for p in points})
+    ctx = context_table(points)
+    pivots = []
+    if len(ctx):
+        for column, title in (("decode_ms_per_token", "Decode latency (ms/token)"),
+                              ("total_s", "Total time of a forced generation to the length (s)"),
+                              ("peak_torch_gib", "Peak memory, torch allocator (GiB)")):
+            # A point that did not finish shows why (oom, timeout, skipped) instead of a number.
+            cells = [f"{v:.3g}" if st == "ok" and v == v and v is not None else st
+                     for v, st in zip(ctx[column], ctx["status"])]
+            table = ctx.assign(model_mode=ctx["model"] + " (" + ctx["mode"] + ")", cell=cells).pivot(
+                index="model_mode", columns="length", values="cell").fillna("")
+            if table.size:
+                pivots += [f"### {title}\n", table.to_markdown(), ""]
+    measured_by = [f"- `{r.get('command')}`: {r.get('hardware', {}).get('gpus')}, driver "
+                   f"{r.get('hardware', {}).get('nvidia_driver')}, {r.get('packages')}" for r in runs]
+    parts = ["# Speed and memory of long generation and image generation\n",
+             f"Rendered by: `{manifest.get('command')}`  \nSelection rendered: {manifest.get('config')}\n",
+             "Measured by (each run's command, GPU, driver and packages; `speed_runs.jsonl`):\n",
+             "\n".join(measured_by) if measured_by else "- (no run manifest recorded)", "",
+             "Weights: " + ("random (full-size architecture; speed and memory do not depend on weight values)"
+                            if manifest.get("config", {}).get("preset") == "full" else "see config") + ".\n",
+             "What is timed: at batch 1, prefill of a context of the given length (median of repeats), then "
+             "decode steps appending one token each at that context (median latency after warm-up, CUDA events). "
+             "`total_s` is the time of a generation forced (stop tokens ignored) up to the length: `measured` "
+             "where it fit the budget, else `integrated` from the per-point decode latencies (linear between "
+             "points) plus the prefill of the first point. Memory: torch `max_memory_allocated` over the point (the "
+             "peak used in the ratios) and the process's NVML total read after the last prefill and at the end "
+             "of the point (adds the CUDA context, allocator cache and graph pools; not polled during timing).\n",
+             "## Long generation\n", *pivots, "### Every point\n",
+             ctx.to_markdown(index=False, floatfmt=".4g") if len(ctx) else "(no points)", ""]
+    for ours_mode, baseline_mode, title in RATIO_SETTINGS:
+        if ours_mode in modes and baseline_mode in modes:
+            parts += [f"## Ratios against the paper's claims: {title}\n",
+                      pd.DataFrame(ratio_rows(points, ours_mode, baseline_mode)).to_markdown(index=False), ""]
+    fig = paper_table("fig1_speed")
+    if fig:
+        parts.append(f"Paper: {fig['source']}, GPU: {fig.get('gpu')}.\n")
+    img = image_table(points)
+    setting = (paper_table("table3_gen_speed") or {}).get("protocol", {})
+    parts += [f"## Image generation (Table 3 setting: batch {setting.get('batch')}, {setting.get('resolution')} px, "
+              f"prompt \"{setting.get('prompt')}\")\n",
+              img.to_markdown(index=False, floatfmt=".4g") if len(img) else "(not run)", ""]
+    plots = plot(points, folder)
+    parts.append("\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    atomic_write_text(folder / "speed.md", "\n".join(parts))
+    return {"json": folder / "speed.json", "md": folder / "speed.md", **{p.stem: p for p in plots}}

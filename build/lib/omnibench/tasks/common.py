@@ -1,0 +1,37 @@
+"""What several benchmarks share: the short-answer prompt of LLaVA-1.5 / lmms-eval, and the shape of a
+one-image question-answering task over a `datasets` split."""
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from omnibench import data
+from omnibench.protocol import Doc, Docs, Request, Task
+
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+
+
+class SingleImageQA(Task):
+    """Rows with a `question` and one image; subclasses set `self.ds`, `self.source`, `self.split` and
+    say how a row is identified (`doc_id` of the `id_columns`) and, if not from its `image` column,
+    where its image is."""
+
+    max_new_tokens = 16
+    id_columns: tuple[str, ...] = ()
+
+    def doc_id(self, row: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def image(self, row: dict[str, Any]) -> Image.Image:
+        return data.decode_image(row["image"])
+
+    def docs(self) -> Docs:
+        return data.lazy_docs(self.ds, self.id_columns, self.doc_id)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return data.fingerprint(self.ds, self.source, self.split)
+
+    def build_request(self, doc: Doc) -> Request:
+        return Request(doc.doc_id, doc.row["question"] + SHORT_ANSWER, [self.image(doc.row)],
+                       {"max_new_tokens": self.max_new_tokens})

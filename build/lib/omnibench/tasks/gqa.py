@@ -1,0 +1,156 @@
+"""GQA (Hudson & Manning 2019): compositional questions on Visual Genome images, testdev-balanced split.
+
+The official `eval.py` compares the submitted prediction with the gold answer by plain string equality
+and averages over the questions marked `isBalanced`, also per structural type (verify, query, choose,
+logical, compare), per semantic type (obj, attr, rel, cat, global) and binary vs open (open = structural
+type "query"). It leaves the answer to the submitter, so the prediction is prepared as LLaVA's
+`convert_gqa_for_eval.py` does after its generation strips the output: strip, remove trailing periods,
+lower case ("Yes." -> "yes"). Gold answers are used as given. The paper's GQA column is that accuracy.
+
+lmms-eval differs: `exact_match` with ignore_case and ignore_punctuation deletes every punctuation
+mark from both sides, so "tshirt" matches a gold "t-shirt" there and not here. We follow the official
+script with LLaVA's preparation.
+
+On the hub the split comes as two configs joined on the image id: `testdev_balanced_instructions`
+(id, imageId, question, answer, ...) and `testdev_balanced_images` (id, image).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from omnibench import data
+from omnibench.cache import atomic_write_text
+from omnibench.protocol import Doc, OmnibenchError
+from omnibench.tasks.common import SingleImageQA
+
+HUB_ID = "lmms-lab/GQA"
+SPLIT = "testdev"
+INSTRUCTIONS_CONFIG = "testdev_balanced_instructions"
+IMAGES_CONFIG = "testdev_balanced_images"
+
+
+def normalize_prediction(text: str) -> str:
+    """LLaVA's submission preparation: stripped output, trailing periods removed, lower case."""
+    return text.strip().rstrip(".").lower()
+
+
+def gqa_scores(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Official accuracy over balanced questions, overall, binary/open and per question type."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if not r["is_balanced"]:
+            continue
+        score = float(r["prediction"] == r["answer"])
+        groups["gqa_accuracy"].append(score)
+        groups["gqa_open_accuracy" if r["structural"] == "query" else "gqa_binary_accuracy"].append(score)
+        for kind in ("structural", "semantic"):
+            if r[kind]:
+                key = re.sub(r"[^a-z0-9]+", "_", r[kind].lower()).strip("_")
+                groups[f"gqa_{kind}_{key}_accuracy"].append(score)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def predictions_file(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The official predictions format read by eval.py."""
+    return [{"questionId": str(r["question_id"]), "prediction": r["prediction"]} for r in records]
+
+
+def sample_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A few rows in the two lmms-lab/GQA testdev_balanced schemas (instructions, images) with drawn
+    images; two questions share an image, as in the real split. `annotations` is left out."""
+    images = [{"id": f"n{500 + i}", "image": {"bytes": data.png_bytes(data.drawn_image(200 + i, shape=shape)),
+                                              "path": None}}
+              for i, shape in enumerate(["circle", "square"])]
+    specs = [  # image, question, answer, full answer, structural, semantic, detailed
+        (0, "Is there a circle?", "yes", "Yes, there is a circle.", "verify", "obj", "existC"),
+        (0, "What shape is it?", "circle", "It is a circle.", "query", "cat", "categoryThis"),
+        (1, "Is the shape round or square?", "square", "The shape is square.", "choose", "attr", "chooseAttr"),
+        (1, "Is it a circle or a ball?", "no", "No, it is a square.", "logical", "obj", "existOrC"),
+    ]
+    instructions = []
+    for i, (img, question, answer, full, structural, semantic, detailed) in enumerate(specs):
+        instructions.append({
+            "id": f"20{i:06d}", "imageId": images[img]["id"], "question": question, "answer": answer,
+            "fullAnswer": full, "isBalanced": True,
+            "groups": {"global": None if structural != "query" else "shape", "local": f"{i:02d}-shape"},
+            "entailed": "[]", "equivalent": f"['20{i:06d}']",
+            "types": {"structural": structural, "semantic": semantic, "detailed": detailed},
+            "semantic": [{"operation": "select", "argument": "shape (0)", "dependencies": []},
+                         {"operation": structural, "argument": answer, "dependencies": [0]}],
+            "semanticStr": f"select: shape (0)->{structural}: {answer} [0]",
+        })
+    return instructions, images
+
+
+def sample_features() -> tuple[dict[str, Any], dict[str, Any]]:
+    import datasets
+    string = datasets.Value("string")
+    instructions = {
+        "id": "string", "imageId": "string", "question": "string", "answer": "string", "fullAnswer": "string",
+        "isBalanced": "bool", "groups": {"global": string, "local": string},
+        "entailed": "string", "equivalent": "string",
+        "types": {"structural": string, "semantic": string, "detailed": string},
+        "semantic": [{"operation": string, "argument": string,
+                      "dependencies": datasets.Sequence(datasets.Value("int32"))}],
+        "semanticStr": "string"}
+    return instructions, {"id": "string", "image": "image"}
+
+
+class GQA(SingleImageQA):
+    name = "gqa"
+    paper_column = "GQA"
+    paper_metric = "gqa_accuracy"
+    # testdev: the testdev-balanced set the paper reports.
+    ARGS = data.source_args(SPLIT, (SPLIT,))
+    id_columns = ("id",)
+
+    def __init__(self, **task_args: Any) -> None:
+        super().__init__(**task_args)
+        self.split = self.args["split"]
+        # `data_dir` is a local snapshot of the hub repository holding both configs. The built-in
+        # sample writes each config as its own folder, which loads without a config name.
+        sample = self.args["sample"]
+        instructions_spec, images_spec = sample_features()
+        self.ds, self.source = data.task_split(
+            self.args, HUB_ID, SPLIT, "gqa_instructions", lambda: sample_rows()[0], instructions_spec,
+            config=None if sample else INSTRUCTIONS_CONFIG)
+        self.images, self.images_source = data.task_split(
+            self.args, HUB_ID, SPLIT, "gqa_images", lambda: sample_rows()[1], images_spec,
+            config=None if sample else IMAGES_CONFIG)
+        # Only the id column is read up front; an image is fetched when its question is asked.
+        self.image_index = {image_id: i for i, image_id in enumerate(self.images["id"])}
+
+    def doc_id(self, row: dict[str, Any]) -> str:
+        return str(row["id"])
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"instructions": data.fingerprint(self.ds, self.source, SPLIT, INSTRUCTIONS_CONFIG),
+                "images": data.fingerprint(self.images, self.images_source, SPLIT, IMAGES_CONFIG)}
+
+    def image(self, row: dict[str, Any]) -> Image.Image:
+        index = self.image_index.get(row["imageId"])
+        if index is None:
+            raise OmnibenchError(f"gqa image {row['imageId']} of question {row['id']} is not in {IMAGES_CONFIG}")
+        return data.decode_image(self.images[index]["image"])
+
+    def process(self, doc: Doc, output: Any) -> dict[str, Any]:
+        row = doc.row
+        types = row.get("types") or {}
+        return {"question_id": str(row["id"]), "answer": row["answer"],
+                "prediction": "" if output is None else normalize_prediction(output), "pred_raw": output,
+                "is_balanced": bool(row.get("isBalanced", True)),
+                "structural": types.get("structural"), "semantic": types.get("semantic")}
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        return gqa_scores(records)
+
+    def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        path = Path(out_dir) / f"gqa_{SPLIT}_balanced_predictions.json"
+        atomic_write_text(path, json.dumps(predictions_file(records)))
+        return [path]

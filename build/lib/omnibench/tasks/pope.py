@@ -1,0 +1,108 @@
+"""POPE (Li et al. 2023): yes/no object-hallucination probes on COCO, three splits.
+
+Answer extraction and metrics follow the official `evaluate.py` (as used by LLaVA's eval_pope.py):
+keep the text before the first '.', drop commas, split on spaces; the answer is "no" if any word is
+exactly "No", "no" or "not", else "yes". Metrics per split (random, popular, adversarial): accuracy,
+precision, recall, F1 and yes-ratio, then their mean over the splits present. The paper's POPE column
+is the mean F1 (the number LLaVA-1.5 and its successors report).
+
+lmms-eval differs in three ways (pinned in tests/test_lmms_eval_parity.py): it scores
+`pred.lower().strip() == answer`, so "Yes, there is." is wrong there and right here; its yes-ratio is
+the share of gold "yes" answers, not of predicted ones; and its `pope` task pools the three splits
+instead of averaging them. We follow the official script. We cap answers at 16 new tokens (a yes/no
+answer needs a few; lmms-eval asks for 128, which only matters for a model that rambles before it answers).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from omnibench import data
+from omnibench.protocol import Doc
+from omnibench.tasks.common import SingleImageQA
+
+HUB_ID = "lmms-lab/POPE"
+SPLITS = ("adversarial", "popular", "random")
+
+
+def extract_yes_no(text: str) -> str:
+    """The official POPE rule: first sentence, commas removed, 'no' if it says No/no/not."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def binary_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, yes-ratio with "yes" as the positive class (official)."""
+    tp = sum(p == "yes" and l == "yes" for p, l in zip(preds, labels))
+    fp = sum(p == "yes" and l == "no" for p, l in zip(preds, labels))
+    tn = sum(p == "no" and l == "no" for p, l in zip(preds, labels))
+    # A failed sample (pred "none") is a miss: it is never a true positive or a true negative.
+    fn = sum(p != "yes" and l == "yes" for p, l in zip(preds, labels))
+    n = len(preds)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / n if n else 0.0, "precision": precision, "recall": recall,
+            "f1": f1, "yes_ratio": sum(p == "yes" for p in preds) / n if n else 0.0}
+
+
+def pope_scores(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per-split and mean metrics from records with `category`, `pred` and `answer`."""
+    out: dict[str, float] = {}
+    per_split = []
+    for split in SPLITS:
+        rows = [r for r in records if r["category"] == split]
+        if not rows:
+            continue
+        m = binary_metrics([r["pred"] for r in rows], [r["answer"] for r in rows])
+        per_split.append(m)
+        out.update({f"pope_{split}_{k}": v for k, v in m.items()})
+    for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        if per_split:
+            out[f"pope_{key}"] = sum(m[key] for m in per_split) / len(per_split)
+    return out
+
+
+def sample_rows() -> list[dict[str, Any]]:
+    """A few rows in the lmms-lab/POPE schema with drawn images (built-in offline sample)."""
+    rows = []
+    objects = ["circle", "square"]
+    for i in range(6):
+        shape = objects[i % 2]
+        asked = shape if i < 3 else objects[(i + 1) % 2]  # each split: one yes, one no
+        rows.append({
+            "id": str(i), "question_id": str(i + 1),
+            "question": f"Is there a {asked} in the image?",
+            "answer": "yes" if asked == shape else "no",
+            "image_source": f"drawn_{i}",
+            "image": {"bytes": data.png_bytes(data.drawn_image(i, shape=shape)), "path": None},
+            "category": SPLITS[i % 3],
+        })
+    return rows
+
+
+class Pope(SingleImageQA):
+    name = "pope"
+    paper_column = "POPE"
+    paper_metric = "pope_f1"
+    neutral = ("*yes_ratio",)
+    ARGS = data.source_args("test")
+    id_columns = ("category", "question_id")
+
+    def __init__(self, **task_args: Any) -> None:
+        super().__init__(**task_args)
+        self.split = self.args["split"]
+        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "pope", sample_rows, {
+            "id": "string", "question_id": "string", "question": "string", "answer": "string",
+            "image_source": "string", "image": "image", "category": "string"})
+
+    def doc_id(self, row: dict[str, Any]) -> str:
+        return f"{row['category']}/{row['question_id']}"
+
+    def process(self, doc: Doc, output: Any) -> dict[str, Any]:
+        return {"category": doc.row["category"], "answer": doc.row["answer"].strip().lower(),
+                "pred": "none" if output is None else extract_yes_no(output), "pred_raw": output}
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        return pope_scores(records)
