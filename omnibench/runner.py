@@ -360,6 +360,8 @@ class Runner:
                          for t in tasks},
             # Declared by each task, so that a regression gate needs no rule about metric names.
             "directions": {t.name: {m: t.direction(m) for m in results[t.name]} for t in tasks},
+            "tolerances": {t.name: {m: t.tolerance(m) for m in results[t.name] if t.tolerance(m) is not None}
+                           for t in tasks},
             "n_samples": counts,
             "warnings": self._warnings(counts),
             "timing": timing,

@@ -106,6 +106,7 @@ class GQA(SingleImageQA):
     name = "gqa"
     paper_column = "GQA"
     paper_metric = "gqa_accuracy"
+    tolerances = {"gqa_*": 0.01}
     # testdev: the testdev-balanced set the paper reports.
     ARGS = data.source_args(SPLIT, (SPLIT,))
     id_columns = ("id",)
@@ -149,6 +150,14 @@ class GQA(SingleImageQA):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return gqa_scores(records)
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question: (right, 1) for a balanced question, (0, 0) for another (not scored)."""
+        if not samples or any(r.get("answer") is None for _, r in samples):
+            return None
+        return {sample_id: [float(r["is_balanced"] and r["prediction"] == r["answer"]), float(r["is_balanced"])]
+                for sample_id, r in samples}
 
     def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         path = Path(out_dir) / f"gqa_{SPLIT}_balanced_predictions.json"

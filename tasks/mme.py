@@ -111,6 +111,8 @@ class Mme(Task):
     paper_column = "MME-P"
     paper_metric = "mme_perception"
     paper_scale = 1.0  # MME scores are points (max 2000), printed as is
+    # Points: the perception total moves by about 20 between runs of the same model (prompt, decoding).
+    tolerances = {"mme_perception": 20.0, "mme_cognition": 20.0, "mme_*_score": 10.0}
     ARGS = data.source_args("test")
 
     def __init__(self, **task_args: Any) -> None:
@@ -145,3 +147,29 @@ class Mme(Task):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return mme_scores(records)
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per image (acc+ pairs its two questions, so an image is the unit), for each perception
+        subtask: (questions right, questions, both right, 1)."""
+        by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for _, r in samples:
+            by_image[r["image"]].append(r)
+        out = {}
+        for image, rs in by_image.items():
+            parts = [0.0] * (4 * len(PERCEPTION))
+            if rs[0]["category"] in PERCEPTION:
+                right = [r["pred"] == r["answer"] for r in rs]
+                i = 4 * PERCEPTION.index(rs[0]["category"])
+                parts[i:i + 4] = [sum(right), len(right), float(len(right) == QUESTIONS_PER_IMAGE and all(right)), 1.0]
+            out[image] = parts
+        return out
+
+    @staticmethod
+    def headline_from_parts(sums: Any) -> Any:
+        """mme_perception: the sum over the subtasks present of (acc + acc+) * 100."""
+        import numpy as np
+        right, asked, both, images = (sums[..., k::4] for k in range(4))
+        acc = np.divide(right, asked, out=np.zeros_like(right, dtype=float), where=asked > 0)
+        acc_plus = np.divide(both, images, out=np.zeros_like(both, dtype=float), where=images > 0)
+        return ((acc + acc_plus) * 100).sum(axis=-1)

@@ -316,6 +316,7 @@ class MMMU(Task):
     name = "mmmu"
     paper_column = "MMMU"
     paper_metric = "mmmu_accuracy"
+    tolerances = {"mmmu_*": 0.02}  # 900 validation questions: one is 0.11 points
     ARGS = (*data.source_args("validation", ("dev", "validation", "test")),
             Arg("subjects", str, None, "'+'-separated subjects (hub config or official short names); default all 30"))
 
@@ -378,6 +379,14 @@ class MMMU(Task):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return mmmu_scores(records)
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question: (right, 1); none on the test split (answers hidden)."""
+        scored = [(i, r) for i, r in samples if r.get("correct") is not None and r["subject"] in SUBJECTS]
+        if not scored:
+            return None
+        return {sample_id: [float(r["correct"]), 1.0] for sample_id, r in scored}
 
     def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         if self.split != "test":

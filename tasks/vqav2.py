@@ -189,6 +189,7 @@ class VQAv2(SingleImageQA):
     # The paper prints test-dev (scored only by the evaluation server); a val score is its own column.
     paper_column = "VQAv2(val)"
     paper_metric = "vqav2_accuracy"
+    tolerances = {"vqav2_*": 0.005}
     ARGS = (*data.source_args("validation", SCORED_SPLITS + TEST_SPLITS),
             Arg("test_questions", str, None, "the official v2_OpenEnded_mscoco_test2015_questions.json: "
                 "pads a test-split export to the full test set"))
@@ -220,6 +221,13 @@ class VQAv2(SingleImageQA):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return vqav2_scores(records) if self.scored else {}
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question: (VQA accuracy, 1); none on test splits (no answers)."""
+        if not samples or any("accuracy" not in r for _, r in samples):
+            return None
+        return {sample_id: [float(r["accuracy"]), 1.0] for sample_id, r in samples}
 
     def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         if self.scored:
