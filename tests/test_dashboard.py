@@ -97,6 +97,7 @@ def test_dashboard_of_the_committed_reports_opens_in_chromium(tmp_path):
     assert report["problems"] == []
     assert len(report["images"]) >= 6 and all(ok for _, ok in report["images"]), report["images"]
     assert "omnibench dashboard" in report["text"] and "Latest speed report" in report["text"]
+    assert "Headline metrics over runs" in report["text"] and "OmniMamba" in report["text"]
     shot = tmp_path / "shot.png"
     subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1800", f"--screenshot={shot}",
