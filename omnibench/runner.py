@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from omnibench import dist, identity, registry
+from omnibench import dist, identity, lmms_results, registry
 from omnibench.cache import SampleCache, atomic_write_text
 from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
 from omnibench.manifest import build_manifest
@@ -369,6 +369,8 @@ class Runner:
             "manifest": build_manifest(cfg.to_dict(), fingerprints, {"world_size": self.world,
                                                                      "identity": identity_info}, argv=cfg.argv),
         }
+        # The same scores in lmms-eval's results schema, for places that take lmms-eval results.
+        out["exports"]["lmms_eval"] = [str(lmms_results.write(out, target / "lmms_eval_results.json"))]
         text = json.dumps(out, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_text(self.dir / "history" / f"results_{stamp}.json", text)
         atomic_write_text(target / "results.json", text)

@@ -17,17 +17,25 @@ every ".", and maps the one-letter answers "y"/"n" to yes/no; the official scrip
 ("y" is "other" there). We only strip surrounding whitespace, as LLaVA's answer files are written
 (`outputs.strip()`), which the official script then reads.
 
+Export: the official tool's input, `mme_eval_tool/<subtask>.txt` (its `calculation.py --results_dir`):
+one line per question, `<image file>\t<question>\t<Yes|No>\t<reply>`, the two questions of an image on
+consecutive lines (the tool pairs consecutive lines for acc+); the reply stripped, its tabs and line
+breaks turned into spaces so that a line stays one question. Written when the run answered every
+question (the tool asserts two answers per image).
+
 Prompt: lmms-eval's default for MME (the same text LLaVA-1.5 evaluated with): the question with its
 " Please answer yes or no." removed, then "\\nAnswer the question using a single word or phrase.".
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Sequence
 
 from omnibench import data
+from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, Request, Task
-from tasks.common import SHORT_ANSWER
+from tasks.common import SHORT_ANSWER, answers_every_question
 
 HUB_ID = "lmms-lab/MME"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -88,6 +96,25 @@ def mme_scores(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def eval_tool_files(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """{subtask: text of its .txt file for the official calculation.py}, questions grouped by image in
+    the order the images first appear."""
+    by_image: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for r in records:
+        by_image[r["category"]].setdefault(r["image"], []).append(r)
+    out = {}
+    for category, images in by_image.items():
+        lines = []
+        for image, rs in images.items():
+            for r in rs:
+                reply = (r["pred_raw"] or "").strip()
+                for space in ("\t", "\r", "\n"):
+                    reply = reply.replace(space, " ")
+                lines.append(f"{image.split('/', 1)[-1]}\t{r['question']}\t{r['answer'].capitalize()}\t{reply}\n")
+        out[category] = "".join(lines)
+    return out
+
+
 def sample_rows() -> list[dict[str, Any]]:
     """A few rows in the lmms-lab/MME schema with drawn images (built-in offline sample): two images
     for a perception subtask and one for a cognition subtask, two questions each."""
@@ -141,12 +168,21 @@ class Mme(Task):
                        {"max_new_tokens": 16})
 
     def process(self, doc: Doc, output: Any) -> dict[str, Any]:
-        return {"category": doc.row["category"], "image": image_key(doc.row),
+        return {"category": doc.row["category"], "image": image_key(doc.row), "question": doc.row["question"],
                 "answer": doc.row["answer"].strip().lower(),
                 "pred": "none" if output is None else extract_answer(output), "pred_raw": output}
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return mme_scores(records)
+
+    def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        if not answers_every_question(self, records, len(self.ds), "eval_tool files"):
+            return []
+        paths = []
+        for category, text in eval_tool_files(records).items():
+            paths.append(Path(out_dir) / "mme_eval_tool" / f"{category}.txt")
+            atomic_write_text(paths[-1], text)
+        return paths
 
     @classmethod
     def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
