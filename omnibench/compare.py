@@ -67,7 +67,7 @@ class Finding:
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_json(path: str, what: str) -> Any:
+def read_json(path: str, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except OSError as exc:
@@ -83,7 +83,7 @@ def is_speed_report(data: Any) -> bool:
 def load_results(path: str, data: Any = None) -> dict[str, Any]:
     """A results.json written by run_eval.py, checked far enough that comparing it cannot crash."""
     if data is None:
-        data = _read_json(path, "give the path of a results.json written by run_eval.py")
+        data = read_json(path, "give the path of a results.json written by run_eval.py")
     if is_speed_report(data):
         raise OmnibenchError(f"{path} is a speed report written by run_speed.py, not a results.json; compare "
                              "two results.json files (run_eval.py) or two speed.json files (run_speed.py)")
@@ -111,7 +111,7 @@ def load_speed(path: str, data: Any) -> dict[str, Any]:
     return data
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -139,10 +139,10 @@ def declared_tolerance(data: dict[str, Any], task: str, metric: str) -> float | 
     """The tolerance the task declared for `metric` (written in results.json; for an older file, the
     registered task's declaration)."""
     declared = data.get("tolerances", {}).get(task, {}).get(metric) if isinstance(data.get("tolerances"), dict) else None
-    if _finite(declared):
+    if finite(declared):
         return float(declared)
     cls = _task_class(task)
-    return cls.tolerance(cls, metric) if cls is not None else None
+    return cls.tolerance(metric) if cls is not None else None
 
 
 @dataclass
@@ -253,14 +253,14 @@ def compare(base: dict[str, Any], cand: dict[str, Any], tolerance: float | Toler
             shown.add(head)
         for metric in sorted(shown):
             b, c = b_metrics.get(metric), c_metrics.get(metric)
-            delta = c - b if _finite(b) and _finite(c) else None
+            delta = c - b if finite(b) and finite(c) else None
             status, note, tol, ci = "", "", None, ""
             if _checked(metric, head, patterns, way.get(metric, "higher")):
                 kind = "headline metric" if metric == head else "checked metric"
                 tol = tolerances.get(base, task, metric)
                 missing = [side for side, m in (("base", b_metrics), ("candidate", c_metrics)) if metric not in m]
                 invalid = [f"the {side}'s value {json.dumps(v)} is not a finite number"
-                           for side, v in (("base", b), ("candidate", c)) if not _finite(v)]
+                           for side, v in (("base", b), ("candidate", c)) if not finite(v)]
                 test = paired.get(task) if metric == head else None
                 if isinstance(test, paired_mod.Paired):
                     ci = test.interval()
@@ -316,7 +316,7 @@ def paired_tests(base_path: str, cand_path: str, base: dict[str, Any], cand: dic
         head = base.get("headline", {}).get(task, {}).get("metric")
         values = [data["results"][task].get(head) for data in (base, cand)]
         cls = _task_class(task)
-        if not head or cls is None or not all(_finite(v) for v in values):
+        if not head or cls is None or not all(finite(v) for v in values):
             continue
         samples = [paired_mod.run_samples(Path(p), d, task) for p, d in ((base_path, base), (cand_path, cand))]
         if any(s is None for s in samples):
@@ -356,7 +356,7 @@ def compare_speed(base: dict[str, Any], cand: dict[str, Any], tolerances: Tolera
                                  f"base and {c.get('gpu')!r} in the candidate; measure both on the same GPU model")
         for column, key, factor, way, default in SPEED_METRICS:
             bv, cv = b.get(key), c.get(key)
-            if not (_finite(bv) and _finite(cv)) or bv <= 0:
+            if not (finite(bv) and finite(cv)) or bv <= 0:
                 continue
             tol = (tolerances.per_metric or {}).get(column, tolerances.overall if tolerances.overall is not None else default)
             change = (cv - bv) / bv
@@ -381,7 +381,7 @@ def _cell(data: dict[str, Any], task: str, metric: str) -> Any:
     metrics = data["results"].get(task, {})
     if metric not in metrics:
         return "(missing)"
-    return metrics[metric] if _finite(metrics[metric]) else json.dumps(metrics[metric])
+    return metrics[metric] if finite(metrics[metric]) else json.dumps(metrics[metric])
 
 
 def _metric_names(*files: dict[str, Any]) -> set[str]:
@@ -459,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
     tolerances = _parse_tolerances(args.tolerance)
     if not (math.isfinite(args.max_failed_rate) and 0 <= args.max_failed_rate <= 1):
         raise OmnibenchError(f"--max-failed-rate {args.max_failed_rate} must be a fraction between 0 and 1")
-    raw = [_read_json(p, "give a results.json (run_eval.py) or a speed.json (run_speed.py)")
+    raw = [read_json(p, "give a results.json (run_eval.py) or a speed.json (run_speed.py)")
            for p in (args.base, args.candidate)]
     speed = [is_speed_report(d) for d in raw]
     if all(speed):

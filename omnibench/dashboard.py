@@ -74,7 +74,7 @@ def collect(paths: list[str]) -> tuple[list[Entry], list[Entry]]:
     speeds: dict[Path, Entry] = {}
     for given in paths:
         for path in _files(Path(given)):
-            raw = compare._read_json(str(path), "give run folders, results.json or speed.json files")
+            raw = compare.read_json(str(path), "give run folders, results.json or speed.json files")
             if compare.is_speed_report(raw):
                 data = compare.load_speed(str(path), raw)
                 speeds[path.resolve()] = Entry(path, data, _created(data, path), _commit(data))
@@ -144,7 +144,7 @@ def headline_plots(runs: list[Entry], folder: Path) -> list[tuple[str, str, Path
         plt, fig, ax = _figure()
         for chash in dict.fromkeys(e.data.get("config_hash") for e in entries):
             points = [(e, e.data["results"][task].get(metric)) for e in entries if e.data.get("config_hash") == chash]
-            points = [(e, v * scale) for e, v in points if compare._finite(v)]
+            points = [(e, v * scale) for e, v in points if compare.finite(v)]
             if not points:
                 continue
             weights = " (random weights)" if any("random weights" in w for w in points[-1][0].data.get("warnings", [])) else ""
@@ -169,7 +169,7 @@ def _speed_values(report: Entry) -> dict[tuple, dict[str, float]]:
         if p.get("status") != "ok":
             continue
         values = {column: p[key] * factor for column, key, factor, _, _ in compare.SPEED_METRICS
-                  if compare._finite(p.get(key))}
+                  if compare.finite(p.get(key))}
         out[(p["model"], p["mode"], p["kind"], p.get("length"))] = values
     return out
 
@@ -223,7 +223,7 @@ def runs_frame(runs: list[Entry]) -> pd.DataFrame:
             rows.append({"date (UTC)": f"{run.created:%Y-%m-%d %H:%M}", "commit": run.commit,
                          "model": run.data.get("model"), "config": run.data.get("config_hash"), "task": task,
                          "headline": head.get("metric"),
-                         "value": f"{value * head.get('scale', 1.0):.4g}" if compare._finite(value) else str(value),
+                         "value": f"{value * head.get('scale', 1.0):.4g}" if compare.finite(value) else str(value),
                          "samples": counts.get("total"), "failed": counts.get("failed"),
                          "warnings": "; ".join(run.data.get("warnings", []))})
     return pd.DataFrame(rows)

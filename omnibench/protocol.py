@@ -100,10 +100,11 @@ class Task(abc.ABC):
             return "neutral"
         return "lower" if any(fnmatch.fnmatch(metric, p) for p in self.lower_is_better) else "higher"
 
-    def tolerance(self, metric: str) -> float | None:
+    @classmethod
+    def tolerance(cls, metric: str) -> float | None:
         """The declared tolerance of `metric` in its own unit, or None."""
         import fnmatch
-        return next((t for p, t in self.tolerances.items() if fnmatch.fnmatch(metric, p)), None)
+        return next((t for p, t in cls.tolerances.items() if fnmatch.fnmatch(metric, p)), None)
 
     @classmethod
     def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
