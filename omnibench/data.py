@@ -64,9 +64,12 @@ def decode_image(value: Any) -> Image.Image:
 
 
 def fingerprint(ds, source: str, split: str, config: str | None = None) -> dict[str, Any]:
-    """Source, split, row count, and the `datasets` content fingerprint of what was evaluated."""
+    """Source, split, row count, the `datasets` fingerprint, and a digest of the content evaluated that
+    is the same on every machine (what a regression gate compares)."""
+    from omnibench.identity import dataset_sha256
     return {"source": source, "config": config, "split": split, "num_rows": len(ds),
-            "fingerprint": getattr(ds, "_fingerprint", None)}
+            "fingerprint": getattr(ds, "_fingerprint", None),
+            "content_sha256": dataset_sha256(ds, cache_root() / "digests")}
 
 
 COMPLETE = ".omnibench-complete"

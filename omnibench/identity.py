@@ -114,3 +114,46 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def dataset_sha256(ds: Any, memo: Path) -> str:
+    """sha256 of what a `datasets` split holds: the bytes of the Arrow files it is read from (or of its
+    table, for one in memory), its row selection and length; nothing about where or when it was stored.
+    (`datasets`' own `_fingerprint` of a local copy changes with its path and file times, so it cannot
+    say whether two machines evaluated the same data.) Each file's digest is memoised in `memo`, keyed
+    by its path, size and modification time, so a large split is read once per machine."""
+    h = hashlib.sha256()
+    files = [Path(f["filename"]) for f in ds.cache_files]
+    if files:
+        for path in files:
+            h.update(_memoised_sha256(path, memo).encode())
+    else:
+        h.update(_arrow_bytes(ds.data.table))
+    if ds._indices is not None:
+        h.update(_arrow_bytes(ds._indices.table))
+    h.update(str(len(ds)).encode())
+    return h.hexdigest()
+
+
+def _arrow_bytes(table: Any) -> bytes:
+    import pyarrow as pa
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _memoised_sha256(path: Path, memo: Path) -> str:
+    from omnibench.cache import atomic_write_text
+    stat = path.stat()
+    key = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    entry = memo / f"{hashlib.sha256(key['path'].encode()).hexdigest()[:32]}.json"
+    try:
+        known = json.loads(entry.read_text())
+        if {k: known.get(k) for k in key} == key:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = file_sha256(path)
+    atomic_write_text(entry, json.dumps({**key, "sha256": digest}))
+    return digest

@@ -88,6 +88,10 @@ class Task(abc.ABC):
     # higher-is-better). Neutral metrics describe behaviour, not quality (e.g. a yes-ratio): never flagged.
     lower_is_better: tuple[str, ...] = ()
     neutral: tuple[str, ...] = ()
+    # How far a metric may move the wrong way between two runs before a regression gate fails, in the
+    # metric's own unit (fnmatch pattern -> amount; e.g. MME points, accuracy fractions). A metric
+    # matching no pattern has none declared (the gate allows no drop unless told otherwise).
+    tolerances: dict[str, float] = {}
 
     def direction(self, metric: str) -> str:
         """"higher", "lower" or "neutral": how a regression gate reads a change of `metric`."""
@@ -95,6 +99,27 @@ class Task(abc.ABC):
         if any(fnmatch.fnmatch(metric, p) for p in self.neutral):
             return "neutral"
         return "lower" if any(fnmatch.fnmatch(metric, p) for p in self.lower_is_better) else "higher"
+
+    @classmethod
+    def tolerance(cls, metric: str) -> float | None:
+        """The declared tolerance of `metric` in its own unit, or None."""
+        import fnmatch
+        return next((t for p, t in cls.tolerances.items() if fnmatch.fnmatch(metric, p)), None)
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """For a paired test between two runs of this task: each resampling unit's additive parts of the
+        headline metric (`paper_metric`), from (sample id, per-sample record) pairs. Units are matched by
+        id across the runs and resampled together; `headline_from_parts` of the parts summed over every
+        unit is the headline. None: the headline does not decompose so (FID), or these records have no
+        score (test splits)."""
+        return None
+
+    @staticmethod
+    def headline_from_parts(sums: Any) -> Any:
+        """The headline metric from parts summed over units (numpy, one row per resample; the last axis
+        is the parts). Default: parts (score, count), the headline their ratio (an accuracy)."""
+        return sums[..., 0] / sums[..., 1]
 
     def __init__(self, **task_args: Any) -> None:
         from omnibench.args import resolve

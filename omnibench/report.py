@@ -42,8 +42,16 @@ def measured_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def paper_layout_table(table: str, measured: dict[str, float], label: str, checkpoint: str = "") -> str:
     """The paper's rows and columns (header `columns[i]` shows row field `keys[i]`) with our measured row
-    appended; a measured column the paper lacks (e.g. a val split) is added at the end. `checkpoint`
-    fills our row's checkpoint column, so it can be read against the row that names the same one."""
+    appended, as Markdown; a measured column the paper lacks (e.g. a val split) is added at the end.
+    `checkpoint` fills our row's checkpoint column, so it can be read against the row naming the same one."""
+    frame, source = paper_layout_frame(table, measured, label, checkpoint)
+    # Cells are already formatted as the paper prints them: keep tabulate from re-parsing them.
+    return frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{source}\n"
+
+
+def paper_layout_frame(table: str, measured: dict[str, float], label: str,
+                       checkpoint: str = "") -> tuple[pd.DataFrame, str]:
+    """`paper_layout_table`'s cells (formatted as the paper prints them) and its source line."""
     ref = paper_table(table) or {"columns": ["Model"], "keys": ["model"], "rows": []}
     pairs = list(zip(ref["columns"], ref["keys"]))
     pairs += [(c, c) for c in measured if c not in ref["keys"]]
@@ -57,8 +65,7 @@ def paper_layout_table(table: str, measured: dict[str, float], label: str, check
     frame = pd.DataFrame(rows, columns=[h for h, _ in pairs])
     source = f"Published rows: {ref['source']} ({ref.get('url', '')})." if "source" in ref else \
         "No published table found in reports/paper/."
-    # Cells are already formatted as the paper prints them: keep tabulate from re-parsing them.
-    return frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{source}\n"
+    return frame, source
 
 
 def render_report(results: dict[str, Any]) -> str:

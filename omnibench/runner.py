@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from omnibench import dist, identity, registry
+from omnibench import dist, identity, lmms_results, registry
 from omnibench.cache import SampleCache, atomic_write_text
 from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
 from omnibench.manifest import build_manifest
@@ -360,6 +360,8 @@ class Runner:
                          for t in tasks},
             # Declared by each task, so that a regression gate needs no rule about metric names.
             "directions": {t.name: {m: t.direction(m) for m in results[t.name]} for t in tasks},
+            "tolerances": {t.name: {m: t.tolerance(m) for m in results[t.name] if t.tolerance(m) is not None}
+                           for t in tasks},
             "n_samples": counts,
             "warnings": self._warnings(counts),
             "timing": timing,
@@ -369,6 +371,8 @@ class Runner:
                 "model_provenance": self._model.provenance() if self._model is not None else "model not loaded "
                                     "(every sample came from the cache)"}, argv=cfg.argv),
         }
+        # The same scores in lmms-eval's results schema, for places that take lmms-eval results.
+        out["exports"]["lmms_eval"] = [str(lmms_results.write(out, target / "lmms_eval_results.json"))]
         text = json.dumps(out, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_text(self.dir / "history" / f"results_{stamp}.json", text)
         atomic_write_text(target / "results.json", text)

@@ -193,6 +193,7 @@ class CocoFid(Task):
     paper_scale = 1.0
     lower_is_better = ("fid",)
     neutral = ("fid_images", "fid_failed", "fid_reference_images")
+    tolerances = {"fid": 0.5}
     ARGS = (
         Arg("captions", str, None, "the official captions_val2014.json (with images=)"),
         Arg("images", str, None, "the val2014 image folder (with captions=)"),

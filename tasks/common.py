@@ -2,7 +2,8 @@
 one-image question-answering task over a `datasets` split."""
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Sequence
 
 from PIL import Image
 
@@ -10,6 +11,17 @@ from omnibench import data
 from omnibench.protocol import Doc, Docs, Request, Task
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+log = logging.getLogger("omnibench")
+
+
+def answers_every_question(task: Task, records: Sequence[dict[str, Any]], total: int, what: str) -> bool:
+    """Whether a run answered all `total` questions of its split. An evaluation server or an official
+    script rejects a file with questions missing, so a run with --limit writes no `what` (and says so)."""
+    if len(records) == total:
+        return True
+    log.warning(f"{task.name}: no {what} written: the run answered {len(records)} of the split's {total} "
+                f"questions (--limit); the official tool needs every one")
+    return False
 
 
 class SingleImageQA(Task):

@@ -11,8 +11,15 @@ lmms-eval differs: `exact_match` with ignore_case and ignore_punctuation deletes
 mark from both sides, so "tshirt" matches a gold "t-shirt" there and not here. We follow the official
 script with LLaVA's preparation.
 
-On the hub the split comes as two configs joined on the image id: `testdev_balanced_instructions`
-(id, imageId, question, answer, ...) and `testdev_balanced_images` (id, image).
+On the hub each split comes as two configs joined on the image id: `<split>_balanced_instructions`
+(id, imageId, question, answer, ...) and `<split>_balanced_images` (id, image). `testdev` (the paper's
+split) is scored; `test` and `challenge` have no answers (the hub keeps id, imageId, question and
+isBalanced) and are only exported.
+
+Export: `<split>_balanced_predictions.json`, the official predictions format, a JSON list of
+{"questionId": str, "prediction": str} with every question of the split, under the name eval.py reads
+for `--tier <split>_balanced` (`{tier}_predictions.json`; it stops on a balanced question without a
+prediction, so a --limit run writes none).
 """
 from __future__ import annotations
 
@@ -27,12 +34,19 @@ from PIL import Image
 from omnibench import data
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
-from omnibench.tasks.common import SingleImageQA
+from omnibench.tasks.common import SingleImageQA, answers_every_question
 
 HUB_ID = "lmms-lab/GQA"
 SPLIT = "testdev"
-INSTRUCTIONS_CONFIG = "testdev_balanced_instructions"
-IMAGES_CONFIG = "testdev_balanced_images"
+SPLITS = ("testdev", "test", "challenge")
+
+
+def configs(split: str) -> tuple[str, str]:
+    """The hub's (instructions, images) configs of a split's balanced questions."""
+    return f"{split}_balanced_instructions", f"{split}_balanced_images"
+
+
+INSTRUCTIONS_CONFIG, IMAGES_CONFIG = configs(SPLIT)
 
 
 def normalize_prediction(text: str) -> str:
@@ -61,9 +75,10 @@ def predictions_file(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"questionId": str(r["question_id"]), "prediction": r["prediction"]} for r in records]
 
 
-def sample_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A few rows in the two lmms-lab/GQA testdev_balanced schemas (instructions, images) with drawn
-    images; two questions share an image, as in the real split. `annotations` is left out."""
+def sample_rows(split: str = SPLIT) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A few rows in the two lmms-lab/GQA `<split>_balanced` schemas (instructions, images) with drawn
+    images; two questions share an image, as in the real split. `annotations` is left out. A test
+    split's instructions have only the columns the hub keeps for them (no answer)."""
     images = [{"id": f"n{500 + i}", "image": {"bytes": data.png_bytes(data.drawn_image(200 + i, shape=shape)),
                                               "path": None}}
               for i, shape in enumerate(["circle", "square"])]
@@ -85,12 +100,18 @@ def sample_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                          {"operation": structural, "argument": answer, "dependencies": [0]}],
             "semanticStr": f"select: shape (0)->{structural}: {answer} [0]",
         })
+    if split != SPLIT:
+        instructions = [{"id": f"{split[:2]}{r['id']}", "imageId": r["imageId"], "question": r["question"],
+                         "isBalanced": True} for r in instructions]
     return instructions, images
 
 
-def sample_features() -> tuple[dict[str, Any], dict[str, Any]]:
+def sample_features(split: str = SPLIT) -> tuple[dict[str, Any], dict[str, Any]]:
     import datasets
     string = datasets.Value("string")
+    if split != SPLIT:
+        return ({"id": "string", "imageId": "string", "question": "string", "isBalanced": "bool"},
+                {"id": "string", "image": "image"})
     instructions = {
         "id": "string", "imageId": "string", "question": "string", "answer": "string", "fullAnswer": "string",
         "isBalanced": "bool", "groups": {"global": string, "local": string},
@@ -106,23 +127,25 @@ class GQA(SingleImageQA):
     name = "gqa"
     paper_column = "GQA"
     paper_metric = "gqa_accuracy"
-    # testdev: the testdev-balanced set the paper reports.
-    ARGS = data.source_args(SPLIT, (SPLIT,))
+    tolerances = {"gqa_*": 0.01}
+    # testdev: the testdev-balanced set the paper reports; test and challenge: server submissions.
+    ARGS = data.source_args(SPLIT, SPLITS)
     id_columns = ("id",)
 
     def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
         self.split = self.args["split"]
+        self.configs = configs(self.split)
         # `data_dir` is a local snapshot of the hub repository holding both configs. The built-in
         # sample writes each config as its own folder, which loads without a config name.
         sample = self.args["sample"]
-        instructions_spec, images_spec = sample_features()
+        instructions_spec, images_spec = sample_features(self.split)
         self.ds, self.source = data.task_split(
-            self.args, HUB_ID, SPLIT, "gqa_instructions", lambda: sample_rows()[0], instructions_spec,
-            config=None if sample else INSTRUCTIONS_CONFIG)
+            self.args, HUB_ID, self.split, "gqa_instructions", lambda: sample_rows(self.split)[0],
+            instructions_spec, config=None if sample else self.configs[0])
         self.images, self.images_source = data.task_split(
-            self.args, HUB_ID, SPLIT, "gqa_images", lambda: sample_rows()[1], images_spec,
-            config=None if sample else IMAGES_CONFIG)
+            self.args, HUB_ID, self.split, "gqa_images", lambda: sample_rows(self.split)[1], images_spec,
+            config=None if sample else self.configs[1])
         # Only the id column is read up front; an image is fetched when its question is asked.
         self.image_index = {image_id: i for i, image_id in enumerate(self.images["id"])}
 
@@ -130,27 +153,37 @@ class GQA(SingleImageQA):
         return str(row["id"])
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"instructions": data.fingerprint(self.ds, self.source, SPLIT, INSTRUCTIONS_CONFIG),
-                "images": data.fingerprint(self.images, self.images_source, SPLIT, IMAGES_CONFIG)}
+        return {"instructions": data.fingerprint(self.ds, self.source, self.split, self.configs[0]),
+                "images": data.fingerprint(self.images, self.images_source, self.split, self.configs[1])}
 
     def image(self, row: dict[str, Any]) -> Image.Image:
         index = self.image_index.get(row["imageId"])
         if index is None:
-            raise OmnibenchError(f"gqa image {row['imageId']} of question {row['id']} is not in {IMAGES_CONFIG}")
+            raise OmnibenchError(f"gqa image {row['imageId']} of question {row['id']} is not in {self.configs[1]}")
         return data.decode_image(self.images[index]["image"])
 
     def process(self, doc: Doc, output: Any) -> dict[str, Any]:
         row = doc.row
         types = row.get("types") or {}
-        return {"question_id": str(row["id"]), "answer": row["answer"],
+        return {"question_id": str(row["id"]), "answer": row.get("answer"),
                 "prediction": "" if output is None else normalize_prediction(output), "pred_raw": output,
                 "is_balanced": bool(row.get("isBalanced", True)),
                 "structural": types.get("structural"), "semantic": types.get("semantic")}
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
-        return gqa_scores(records)
+        return gqa_scores(records) if self.split == SPLIT else {}
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question: (right, 1) for a balanced question, (0, 0) for another (not scored)."""
+        if not samples or any(r.get("answer") is None for _, r in samples):
+            return None
+        return {sample_id: [float(r["is_balanced"] and r["prediction"] == r["answer"]), float(r["is_balanced"])]
+                for sample_id, r in samples}
 
     def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        path = Path(out_dir) / f"gqa_{SPLIT}_balanced_predictions.json"
+        if not answers_every_question(self, records, len(self.ds), "predictions file"):
+            return []
+        path = Path(out_dir) / f"{self.split}_balanced_predictions.json"
         atomic_write_text(path, json.dumps(predictions_file(records)))
         return [path]

@@ -17,17 +17,25 @@ every ".", and maps the one-letter answers "y"/"n" to yes/no; the official scrip
 ("y" is "other" there). We only strip surrounding whitespace, as LLaVA's answer files are written
 (`outputs.strip()`), which the official script then reads.
 
+Export: the official tool's input, `mme_eval_tool/<subtask>.txt` (its `calculation.py --results_dir`):
+one line per question, `<image file>\t<question>\t<Yes|No>\t<reply>`, the two questions of an image on
+consecutive lines (the tool pairs consecutive lines for acc+); the reply stripped, its tabs and line
+breaks turned into spaces so that a line stays one question. Written when the run answered every
+question (the tool asserts two answers per image).
+
 Prompt: lmms-eval's default for MME (the same text LLaVA-1.5 evaluated with): the question with its
 " Please answer yes or no." removed, then "\\nAnswer the question using a single word or phrase.".
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Sequence
 
 from omnibench import data
+from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, Request, Task
-from omnibench.tasks.common import SHORT_ANSWER
+from omnibench.tasks.common import SHORT_ANSWER, answers_every_question
 
 HUB_ID = "lmms-lab/MME"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -88,6 +96,25 @@ def mme_scores(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def eval_tool_files(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """{subtask: text of its .txt file for the official calculation.py}, questions grouped by image in
+    the order the images first appear."""
+    by_image: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for r in records:
+        by_image[r["category"]].setdefault(r["image"], []).append(r)
+    out = {}
+    for category, images in by_image.items():
+        lines = []
+        for image, rs in images.items():
+            for r in rs:
+                reply = (r["pred_raw"] or "").strip()
+                for space in ("\t", "\r", "\n"):
+                    reply = reply.replace(space, " ")
+                lines.append(f"{image.split('/', 1)[-1]}\t{r['question']}\t{r['answer'].capitalize()}\t{reply}\n")
+        out[category] = "".join(lines)
+    return out
+
+
 def sample_rows() -> list[dict[str, Any]]:
     """A few rows in the lmms-lab/MME schema with drawn images (built-in offline sample): two images
     for a perception subtask and one for a cognition subtask, two questions each."""
@@ -111,6 +138,8 @@ class Mme(Task):
     paper_column = "MME-P"
     paper_metric = "mme_perception"
     paper_scale = 1.0  # MME scores are points (max 2000), printed as is
+    # Points: the perception total moves by about 20 between runs of the same model (prompt, decoding).
+    tolerances = {"mme_perception": 20.0, "mme_cognition": 20.0, "mme_*_score": 10.0}
     ARGS = data.source_args("test")
 
     def __init__(self, **task_args: Any) -> None:
@@ -139,9 +168,44 @@ class Mme(Task):
                        {"max_new_tokens": 16})
 
     def process(self, doc: Doc, output: Any) -> dict[str, Any]:
-        return {"category": doc.row["category"], "image": image_key(doc.row),
+        return {"category": doc.row["category"], "image": image_key(doc.row), "question": doc.row["question"],
                 "answer": doc.row["answer"].strip().lower(),
                 "pred": "none" if output is None else extract_answer(output), "pred_raw": output}
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return mme_scores(records)
+
+    def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        if not answers_every_question(self, records, len(self.ds), "eval_tool files"):
+            return []
+        paths = []
+        for category, text in eval_tool_files(records).items():
+            paths.append(Path(out_dir) / "mme_eval_tool" / f"{category}.txt")
+            atomic_write_text(paths[-1], text)
+        return paths
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per image (acc+ pairs its two questions, so an image is the unit), for each perception
+        subtask: (questions right, questions, both right, 1)."""
+        by_image: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for _, r in samples:
+            by_image[r["image"]].append(r)
+        out = {}
+        for image, rs in by_image.items():
+            parts = [0.0] * (4 * len(PERCEPTION))
+            if rs[0]["category"] in PERCEPTION:
+                right = [r["pred"] == r["answer"] for r in rs]
+                i = 4 * PERCEPTION.index(rs[0]["category"])
+                parts[i:i + 4] = [sum(right), len(right), float(len(right) == QUESTIONS_PER_IMAGE and all(right)), 1.0]
+            out[image] = parts
+        return out
+
+    @staticmethod
+    def headline_from_parts(sums: Any) -> Any:
+        """mme_perception: the sum over the subtasks present of (acc + acc+) * 100."""
+        import numpy as np
+        right, asked, both, images = (sums[..., k::4] for k in range(4))
+        acc = np.divide(right, asked, out=np.zeros_like(right, dtype=float), where=asked > 0)
+        acc_plus = np.divide(both, images, out=np.zeros_like(both, dtype=float), where=images > 0)
+        return ((acc + acc_plus) * 100).sum(axis=-1)

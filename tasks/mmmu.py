@@ -24,8 +24,9 @@ has it. The prompt is lmms-eval's: the question with its "<image i>" tokens, opt
 and its post prompt. Images are the non-empty image_1..image_7 columns in order (lmms-eval takes
 the ones named by "<image i>" tokens; in MMMU those are the same images).
 
-Test split: answers are hidden; `export` writes the submission file the official server reads,
-{id: letter} for multiple choice and {id: raw reply} for open questions (as `run_llava.py` does).
+Test split: answers are hidden; `export` writes the submission file the official server reads (the
+"evaluation only" format of the official `main_eval_only.py`), {id: letter} for multiple choice and
+{id: raw reply} for open questions (as `run_llava.py` does), every question of the subjects run.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ from typing import Any, Sequence
 
 from omnibench import data
 from omnibench.args import Arg
+from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
+from omnibench.tasks.common import answers_every_question
 
 HUB_ID = "MMMU/MMMU"
 IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
@@ -316,6 +319,7 @@ class MMMU(Task):
     name = "mmmu"
     paper_column = "MMMU"
     paper_metric = "mmmu_accuracy"
+    tolerances = {"mmmu_*": 0.02}  # 900 validation questions: one is 0.11 points
     ARGS = (*data.source_args("validation", ("dev", "validation", "test")),
             Arg("subjects", str, None, "'+'-separated subjects (hub config or official short names); default all 30"))
 
@@ -379,12 +383,19 @@ class MMMU(Task):
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return mmmu_scores(records)
 
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question: (right, 1); none on the test split (answers hidden)."""
+        scored = [(i, r) for i, r in samples if r.get("correct") is not None and r["subject"] in SUBJECTS]
+        if not scored:
+            return None
+        return {sample_id: [float(r["correct"]), 1.0] for sample_id, r in scored}
+
     def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        if self.split != "test":
+        if self.split != "test" or not answers_every_question(self, records, len(self.ds), "submission file"):
             return []
         path = Path(out_dir) / "mmmu_test_for_submission.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(submission(records), indent=1))
+        atomic_write_text(path, json.dumps(submission(records), indent=1))
         return [path]
 
 

@@ -87,6 +87,7 @@ class Pope(SingleImageQA):
     paper_column = "POPE"
     paper_metric = "pope_f1"
     neutral = ("*yes_ratio",)
+    tolerances = {"pope_*": 0.01}  # one point of F1 / accuracy
     ARGS = data.source_args("test")
     id_columns = ("category", "question_id")
 
@@ -106,3 +107,26 @@ class Pope(SingleImageQA):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return pope_scores(records)
+
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question, for each split: (true positive, false positive, false negative, asked)."""
+        out = {}
+        for sample_id, r in samples:
+            parts = [0.0] * (4 * len(SPLITS))
+            if r["category"] in SPLITS:
+                i = 4 * SPLITS.index(r["category"])
+                yes, gold_yes = r["pred"] == "yes", r["answer"] == "yes"
+                parts[i:i + 4] = [yes and gold_yes, yes and not gold_yes, not yes and gold_yes, 1.0]
+            out[sample_id] = [float(x) for x in parts]
+        return out
+
+    @staticmethod
+    def headline_from_parts(sums: Any) -> Any:
+        """pope_f1: the mean over the splits asked of 2tp / (2tp + fp + fn) (the official 2PR/(P+R))."""
+        import numpy as np
+        tp, fp, fn, n = (sums[..., k::4] for k in range(4))
+        denominator = 2 * tp + fp + fn
+        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp, dtype=float), where=denominator > 0)
+        asked = n > 0
+        return (f1 * asked).sum(axis=-1) / asked.sum(axis=-1)

@@ -16,7 +16,12 @@ humans agree on an answer that normalisation would change (it normalises them an
 see tests/test_lmms_eval_parity.py. Fed raw, the official rule would give "Yes" 0 on a question all ten humans answered
 "yes"; the price of the EvalAI step is that "man's" becomes "man 's" and misses a human "man's".
 
-Test splits (`testdev`, `test`) have no answers: nothing is scored, `export` writes the EvalAI file.
+Test splits (`testdev`, `test`) have no answers: nothing is scored, `export` writes the EvalAI result
+file, `[{"question_id": int, "answer": str}]` (the official results format), with one answer for every
+question of the full test set (test2015) even for test-dev, as the server requires: the questions of
+the split answered, the others "" (as LLaVA pads). The full question set comes from the official
+`v2_OpenEnded_mscoco_test2015_questions.json` (`test_questions=`); a test-split run without it stops
+before generating anything.
 """
 from __future__ import annotations
 
@@ -30,11 +35,13 @@ from omnibench import data
 from omnibench.args import Arg
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
-from omnibench.tasks.common import SingleImageQA
+from omnibench.tasks.common import SingleImageQA, answers_every_question
 
 HUB_ID = "lmms-lab/VQAv2"
 SCORED_SPLITS = ("validation",)
 TEST_SPLITS = ("testdev", "test")
+# The evaluation server's name of each test split (its phases and the official file names use these).
+SERVER_SUBSET = {"testdev": "test-dev2015", "test": "test2015"}
 
 # The official tables. Keys with capitals ("Im", "Ive", ...) can never match lower-cased text and
 # "somebody'd" maps the wrong way round; both are kept because the official scorer has them.
@@ -189,9 +196,11 @@ class VQAv2(SingleImageQA):
     # The paper prints test-dev (scored only by the evaluation server); a val score is its own column.
     paper_column = "VQAv2(val)"
     paper_metric = "vqav2_accuracy"
+    tolerances = {"vqav2_*": 0.005}
     ARGS = (*data.source_args("validation", SCORED_SPLITS + TEST_SPLITS),
-            Arg("test_questions", str, None, "the official v2_OpenEnded_mscoco_test2015_questions.json: "
-                "pads a test-split export to the full test set"))
+            Arg("test_questions", str, None, "the official full test question file "
+                "(v2_OpenEnded_mscoco_test2015_questions.json), needed by split=testdev and split=test: the "
+                "evaluation server takes only a file that answers every one of its questions"))
     id_columns = ("question_id",)
 
     def __init__(self, **task_args: Any) -> None:
@@ -200,6 +209,29 @@ class VQAv2(SingleImageQA):
         self.test_questions = self.args["test_questions"]
         self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "vqav2",
                                                lambda: sample_rows(with_answers=self.scored), sample_features())
+        # Read now, so that a missing or wrong file stops the run before any generation.
+        self.all_question_ids = [] if self.scored else self._test_question_ids()
+
+    def _test_question_ids(self) -> list[int]:
+        """Every question id of the official full test question file, which must hold this split's."""
+        path, flag = self.test_questions, "--task_args vqav2.test_questions"
+        if not path:
+            raise OmnibenchError(f"vqav2.split={self.split} writes the evaluation server's file, which must answer "
+                                 f"every question of the full test set: pass {flag}=<path of "
+                                 f"v2_OpenEnded_mscoco_test2015_questions.json> (visualqa.org/download.html)")
+        try:
+            ids = [int(q["question_id"]) for q in json.loads(Path(path).read_text())["questions"]]
+        except OSError as exc:
+            raise OmnibenchError(f"cannot read {flag}={path}: {exc.strerror or exc} (give the official "
+                                 f"v2_OpenEnded_mscoco_test2015_questions.json)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OmnibenchError(f"{flag}={path} is not an official VQA question file ({{\"questions\": "
+                                 f"[{{\"question_id\": ...}}, ...]}}): {type(exc).__name__}: {exc}") from None
+        missing = {int(q) for q in self.ds["question_id"]} - set(ids)
+        if missing:
+            raise OmnibenchError(f"{len(missing)} {self.split} questions (e.g. {min(missing)}) are not in {flag}="
+                                 f"{path}: give the full test2015 question file (test-dev is a part of it)")
+        return ids
 
     @property
     def scored(self) -> bool:
@@ -221,13 +253,16 @@ class VQAv2(SingleImageQA):
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return vqav2_scores(records) if self.scored else {}
 
+    @classmethod
+    def paired_parts(cls, samples: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[float]] | None:
+        """Per question: (VQA accuracy, 1); none on test splits (no answers)."""
+        if not samples or any("accuracy" not in r for _, r in samples):
+            return None
+        return {sample_id: [float(r["accuracy"]), 1.0] for sample_id, r in samples}
+
     def export(self, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        if self.scored:
+        if self.scored or not answers_every_question(self, records, len(self.ds), "submission file"):
             return []
-        all_ids: list[int] = []
-        if self.test_questions:
-            with open(self.test_questions) as f:
-                all_ids = [q["question_id"] for q in json.load(f)["questions"]]
-        path = Path(out_dir) / f"vqav2_{self.split}_submission.json"
-        atomic_write_text(path, json.dumps(submission(records, all_ids)))
+        path = Path(out_dir) / f"v2_OpenEnded_mscoco_{SERVER_SUBSET[self.split]}_omnibench_results.json"
+        atomic_write_text(path, json.dumps(submission(records, self.all_question_ids)))
         return [path]

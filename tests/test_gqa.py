@@ -85,6 +85,7 @@ def test_sample_loads_joins_images_and_scores(tmp_path):
     assert scores["gqa_binary_accuracy"] == pytest.approx(1 / 3)
 
     (path,) = task.export(records, tmp_path / "out")
+    assert path.name == "testdev_balanced_predictions.json"
     written = json.loads(path.read_text())
     assert written == [{"questionId": d.row["id"], "prediction": p}
                        for d, p in zip(docs, ["yes", "circle", "round", ""])]
@@ -101,6 +102,22 @@ def test_question_whose_image_is_missing_fails_alone():
 def test_unknown_split_is_refused():
     with pytest.raises(OmnibenchError, match="split"):
         GQA(sample="true", split="val")
+
+
+@pytest.mark.parametrize("split", ["test", "challenge"])
+def test_test_splits_are_not_scored_and_export_every_question(split, tmp_path):
+    task = GQA(sample="true", split=split)
+    docs = task.docs()
+    assert len(docs) == 4 and "answer" not in docs[0].row and task.configs == (f"{split}_balanced_instructions",
+                                                                                  f"{split}_balanced_images")
+    assert task.build_request(docs[0]).images
+    records = [task.process(d, o) for d, o in zip(docs, ["Yes.", "Circle", "round", None])]
+    assert task.aggregate(records) == {} and task.paired_parts([(d.doc_id, r) for d, r in zip(docs, records)]) is None
+    (path,) = task.export(records, tmp_path)
+    assert path.name == f"{split}_balanced_predictions.json"
+    assert json.loads(path.read_text()) == [{"questionId": d.doc_id, "prediction": p}
+                                            for d, p in zip(docs, ["yes", "circle", "round", ""])]
+    assert task.export(records[:3], tmp_path / "limited") == []
 
 
 def test_local_snapshot_in_hub_layout_loads_both_configs(tmp_path):

@@ -161,30 +161,26 @@ def test_sample_validation_loads_builds_requests_and_scores(tmp_path):
     json.dumps(records)
 
 
-def test_sample_testdev_is_not_scored_and_exports_server_json(tmp_path):
-    task = VQAv2(sample="true", split="testdev")
+def test_sample_testdev_is_not_scored_and_exports_every_test_question(tmp_path):
+    questions = tmp_path / "v2_OpenEnded_mscoco_test2015_questions.json"
+    ids = [row["question_id"] for row in vqav2.sample_rows(with_answers=False)] + [7, 8]
+    questions.write_text(json.dumps({"questions": [{"question_id": q, "image_id": 0, "question": "?"} for q in ids]}))
+    task = VQAv2(sample="true", split="testdev", test_questions=str(questions))
     docs = task.docs()
     assert docs[0].row["answers"] is None
     assert task.build_request(docs[0]).images
     records = [task.process(d, o) for d, o in zip(docs, ["Yes.", "Two", None, "green"])]
     assert "accuracy" not in records[0] and task.aggregate(records) == {}
-    (path,) = task.export(records, tmp_path)
-    result = json.loads(path.read_text())
-    assert result == [{"question_id": int(d.row["question_id"]), "answer": a}
-                      for d, a in zip(docs, ["yes", "2", "", "green"])]
-    assert all(type(r["question_id"]) is int and type(r["answer"]) is str for r in result)
-
-
-def test_export_pads_to_the_full_test_question_set(tmp_path):
-    questions = tmp_path / "v2_OpenEnded_mscoco_test2015_questions.json"
-    task = VQAv2(sample="true", split="testdev", test_questions=str(questions))
-    docs = task.docs()
-    ids = [int(d.row["question_id"]) for d in docs] + [7, 8]
-    questions.write_text(json.dumps({"questions": [{"question_id": q, "image_id": 0, "question": "?"} for q in ids]}))
-    records = [task.process(d, "yes") for d in docs]
     (path,) = task.export(records, tmp_path / "out")
-    result = {r["question_id"]: r["answer"] for r in json.loads(path.read_text())}
-    assert sorted(result) == sorted(ids) and result[7] == result[8] == "" and result[ids[0]] == "yes"
+    assert path.name == "v2_OpenEnded_mscoco_test-dev2015_omnibench_results.json"
+    result = json.loads(path.read_text())
+    # The split's questions answered (EvalAI answer processing), every other test question padded with "".
+    assert result == [{"question_id": int(d.row["question_id"]), "answer": a}
+                      for d, a in zip(docs, ["yes", "2", "", "green"])] + [{"question_id": 7, "answer": ""},
+                                                                             {"question_id": 8, "answer": ""}]
+    assert all(type(r["question_id"]) is int and type(r["answer"]) is str for r in result)
+    # A run that answered fewer questions (--limit) writes no file at all.
+    assert task.export(records[:2], tmp_path / "limited") == [] and not (tmp_path / "limited").exists()
 
 
 def test_unknown_split_is_refused():
