@@ -16,10 +16,14 @@ VOCAB = 300
 
 @pytest.fixture(scope="module")
 def phi():
-    torch.manual_seed(0)  # PyTorch's default init: O(1) logits, so a wrong step cannot hide under atol
+    torch.manual_seed(0)
     cfg = ShowoConfig(vocab_size=VOCAB, llm_vocab_size=200, hidden_size=64, num_hidden_layers=2,
                       num_attention_heads=4, intermediate_size=128)
-    return Showo(cfg).eval()
+    model = Showo(cfg)
+    for m in model.modules():  # PyTorch's default init, not transformers' N(0, 0.02): O(1) logits, so a
+        if hasattr(m, "reset_parameters"):  # wrong step cannot hide under atol
+            m.reset_parameters()
+    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Static KV cache and CUDA-graph decoding for the attention backbones (Show-o's Phi, JanusFlow's Llama).
 
 The backbone supplies one function, `forward(ids, positions, attend) -> logits`, that runs its own modules
-(embedding, norms, projections, rotary, MLP, head) and leaves attention to `attend(layer, q, k, v)`. A prompt
+(embedding, norms, projections, rotary, MLP, head) and leaves attention to `attend(layer, q, k, v)`: a
+transformers model does so when its forward runs under the attention implementation `ATTEND` (registered
+here with transformers' `AttentionInterface`) and is given `attend=` as a keyword argument. A prompt
 that carries more than token ids (image embeddings in place of placeholders) is prefilled from its input
 embeddings: `forward(ids, positions, attend, embeds)` then reads `embeds` instead of embedding `ids`; decode
 steps always embed their token. This module supplies the two `attend`s and everything around them:
@@ -27,6 +29,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
 
 DECODE_BUDGET = 512  # decode steps a prefill makes room for before the buffers grow
 ALIGN = 64  # capacity granularity: keeps mask rows aligned for the fused SDPA kernels
@@ -36,6 +39,17 @@ GRAPH_WARMUP_STEPS = 2
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # forward(ids (B, n), positions (B, n), attend[, embeds (B, n, D)]) -> fp32 logits of the last position (B, V)
 Forward = Callable[..., torch.Tensor]
+ATTEND = "omnibench_attend"
+
+
+def _attend_attention(module, query, key, value, attention_mask, attend: Attend, **kwargs):
+    """transformers' attention-function signature, output (B, n, heads, head_dim) as its own functions return.
+    The mask is the caller's (transformers builds none for an implementation it has no mask function for);
+    the softmax scale is SDPA's default, head_dim ** -0.5, as Phi's and Llama's `scaling`."""
+    return attend(module.layer_idx, query, key, value).transpose(1, 2), None
+
+
+AttentionInterface.register(ATTEND, _attend_attention)
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -19,7 +19,6 @@ on CUDA when flash-attn is installed.
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -132,19 +131,16 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.num_image_tokens = int(processor.get("num_image_tokens", model.config.siglip.num_tokens))
-        # transformers 5 names the cache argument `cache`; 4.x `past_key_values`.
-        params = inspect.signature(self.model.language_model.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def _device(self) -> torch.device:
         return self.model.beg_of_und_embed.device
 
     def _lm(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache=None):
-        """Last hidden states and the cache of the Llama body (transformers' LlamaModel)."""
-        out = self.model.language_model.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                              position_ids=positions, use_cache=True, **{self._cache_kw: cache})
-        return out.last_hidden_state, (out["cache"] if "cache" in out else out.get("past_key_values"))
+        """Last hidden states and the cache of the Llama body (transformers' LlamaModel). The cache goes in and
+        comes out by position: transformers 4 names it `past_key_values`, 5 `cache`."""
+        out = self.model.language_model.model(None, attention_mask, positions, cache, embeds, use_cache=True)
+        return out[0], out[1]
 
     def encode(self, text: str) -> list[int]:
         """<bos> + tokens: what upstream's LlamaTokenizerFast (add_bos_token) gives, whatever the

@@ -17,10 +17,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
-from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
-from omnibench.models.common.static_decode import Attend
+from omnibench.models.common.static_decode import ATTEND, Attend
 
 from .uvit import GenConfig, ShallowUViTDecoder, ShallowUViTEncoder
 
@@ -185,24 +185,20 @@ def rectified_flow_sample(velocity_fn: Callable[[torch.Tensor, torch.Tensor], to
 
 def llama_last_logits(lm: LlamaForCausalLM, ids: torch.Tensor, positions: torch.Tensor,
                       attend: Attend, embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 logits (B, V) of the last of `ids` (B, n) at `positions` (B, n): LlamaForCausalLM's forward
-    through its own modules (embedding, rotary, RMSNorms, projections, MLP, head), with the attention
-    proper left to `attend(layer, q, k, v)` -- the body the static-cache decoder runs (models/common/static_decode.py).
-    `embeds` (B, n, D), when given, are the input embeddings (the understanding prompt, images inserted)
-    in place of the embedded `ids`. The softmax scale is SDPA's default, head_dim ** -0.5, as LlamaAttention's."""
-    body = lm.model
-    x = body.embed_tokens(ids) if embeds is None else embeds
-    cos, sin = body.rotary_emb(x, positions)
-    b, n = ids.shape
-    for i, layer in enumerate(body.layers):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q, k, v = (proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
-                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        x = x + attn.o_proj(attend(i, q, k, v).transpose(1, 2).reshape(b, n, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return lm.lm_head(body.norm(x[:, -1])).float()
+    """fp32 logits (B, V) of the last of `ids` (B, n) at `positions` (B, n): LlamaForCausalLM's own forward
+    with the attention proper left to `attend(layer, q, k, v)` -- the body the static-cache decoder runs
+    (models/common/static_decode.py). `embeds` (B, n, D), when given, are the input embeddings (the
+    understanding prompt, images inserted) in place of the embedded `ids`.
+
+    The model keeps its own implementation (SDPA or FlashAttention-2) for everything else, so it runs under
+    `ATTEND` for this call only; transformers then builds no mask and keeps no cache."""
+    previous, lm.config._attn_implementation = lm.config._attn_implementation, ATTEND
+    try:
+        out = lm(input_ids=None if embeds is not None else ids, inputs_embeds=embeds, position_ids=positions,
+                 use_cache=False, logits_to_keep=1, attend=attend)
+    finally:
+        lm.config._attn_implementation = previous
+    return out.logits[:, -1].float()
 
 
 # --- upstream names --------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def save_pretrained(model: Showo, vq: MAGVITv2, base_tokenizer, root: Path) -> N
     phi = {"model_type": "phi", "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
            "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
            "partial_rotary_factor": cfg.partial_rotary_factor, "rope_theta": cfg.rope_theta,
-           "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": "gelu_new", "vocab_size": cfg.llm_vocab_size}
+           "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": cfg.hidden_act, "vocab_size": cfg.llm_vocab_size}
     (root / "phi").mkdir(parents=True, exist_ok=True)
     (root / "phi" / "config.json").write_text(json.dumps(phi, indent=1))
     base_tokenizer.save_pretrained(str(root / "phi"))

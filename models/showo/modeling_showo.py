@@ -6,10 +6,11 @@ Upstream builds a dense additive (N, 1, L, L) mask and recomputes the whole sequ
 token and every denoising step. Here the mask is boolean (True = may attend) and goes to PyTorch SDPA;
 with `KVCache` the text prefix is computed once, which is exact because rows of the prefix never see
 what comes after it (causal text; image rows only ever sit after the text they attend to).
-`Showo.run` is the one body: attention proper is passed in (`attend`), so the static-KV-cache decoder of
-models/common/static_decode.py runs these same modules.
-
-Module names follow the checkpoint: `showo.model.layers.0.self_attn.q_proj.weight`, `showo.lm_head.bias`.
+The backbone is transformers' `PhiForCausalLM` (`qk_layernorm=True`, partial rotary), which upstream's
+phi.py copies, so module names are the checkpoint's: `showo.model.layers.0.self_attn.q_layernorm.weight`,
+`showo.lm_head.bias`. It runs under the attention implementation `ATTEND` (models/common/static_decode.py):
+`Showo.run` passes attention proper in (`attend`), so SDPA under the omni-attention mask, the prefix cache
+and the static-KV-cache decoder all run these same modules.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import PhiConfig, PhiForCausalLM
 
-from omnibench.models.common.static_decode import Attend
+from omnibench.models.common.static_decode import ATTEND, Attend
 
 # Added after the Phi tokenizer's own tokens, in this order ([PAD] first, as a pad token).
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
@@ -43,6 +45,7 @@ class ShowoConfig:
     partial_rotary_factor: float = 0.5
     rope_theta: float = 10000.0
     layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu_new"
     max_text_len: int = 128  # dataset.preprocessing.max_seq_length of the demo configs
 
     @property
@@ -91,94 +94,22 @@ class KVCache:
                 torch.cat([self.v[layer][:, :, :self.length], v], dim=2))
 
 
-def _rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class PhiAttention(nn.Module):
-    def __init__(self, cfg: ShowoConfig, layer: int):
-        super().__init__()
-        d, self.heads, self.head_dim, self.layer = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, layer
-        self.q_proj, self.k_proj, self.v_proj, self.dense = (nn.Linear(d, d) for _ in range(4))
-        self.q_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
-        self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
-        self.rot = int(cfg.partial_rotary_factor * self.head_dim)
-
-    def forward(self, x, cos, sin, attend: Attend):
-        """`attend(layer, q, k, v)` does the attention proper (with a cache, a mask, or neither)."""
-        b, n, _ = x.shape
-        q, k, v = (p(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = self.q_layernorm(q), self.k_layernorm(k)
-        # Rotary embedding on the first `rot` dims of each head (Phi's partial rotary).
-        r = self.rot
-        q = torch.cat([q[..., :r] * cos + _rotate_half(q[..., :r]) * sin, q[..., r:]], dim=-1)
-        k = torch.cat([k[..., :r] * cos + _rotate_half(k[..., :r]) * sin, k[..., r:]], dim=-1)
-        out = attend(self.layer, q, k, v)
-        return self.dense(out.transpose(1, 2).reshape(b, n, -1))
-
-
-class PhiMLP(nn.Module):
-    def __init__(self, cfg: ShowoConfig):
-        super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # Phi's gelu_new
-
-
-class PhiDecoderLayer(nn.Module):
-    """Parallel block: one LayerNorm feeds both attention and MLP, both added to the residual."""
-
-    def __init__(self, cfg: ShowoConfig, layer: int):
-        super().__init__()
-        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.self_attn = PhiAttention(cfg, layer)
-        self.mlp = PhiMLP(cfg)
-
-    def forward(self, x, cos, sin, attend: Attend):
-        h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, attend) + self.mlp(h)
-
-
-class PhiModel(nn.Module):
-    def __init__(self, cfg: ShowoConfig):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(PhiDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-
-
-class PhiForCausalLM(nn.Module):
-    def __init__(self, cfg: ShowoConfig):
-        super().__init__()
-        self.model = PhiModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
-
-
 class Showo(nn.Module):
     def __init__(self, cfg: ShowoConfig):
         super().__init__()
         self.config = cfg
-        self.showo = PhiForCausalLM(cfg)
-        rot = int(cfg.partial_rotary_factor * cfg.head_dim)
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.showo = PhiForCausalLM(PhiConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+            partial_rotary_factor=cfg.partial_rotary_factor, rope_theta=cfg.rope_theta,
+            layer_norm_eps=cfg.layer_norm_eps, hidden_act=cfg.hidden_act, qk_layernorm=True,
+            tie_word_embeddings=False, attn_implementation=ATTEND))
 
     def run(self, ids: torch.Tensor, position_ids: torch.Tensor, attend: Attend) -> torch.Tensor:
         """Final-LayerNorm hidden states of `ids` (B, n) at `position_ids` (n,) or (B, n), attention done
         by `attend(layer, q, k, v)`: the one body that `hidden` and the static-cache decoder share."""
-        x = self.showo.model.embed_tokens(ids)
-        freqs = position_ids.float()[..., None] * self.inv_freq  # upstream's fp32 cos/sin tables
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        if cos.dim() == 3:  # per-row positions -> broadcast over heads
-            cos, sin = cos[:, None], sin[:, None]
-        for layer in self.showo.model.layers:
-            x = layer(x, cos, sin, attend)
-        return self.showo.model.final_layernorm(x)
+        positions = position_ids if position_ids.dim() == 2 else position_ids[None]
+        return self.showo.model(input_ids=ids, position_ids=positions, use_cache=False, attend=attend).last_hidden_state
 
     def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor,
                cache: KVCache | None = None, commit: bool = True) -> torch.Tensor:
