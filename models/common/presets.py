@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from omnibench.args import Arg
+
+# The two random-weight presets every family offers, and the two ways every family runs.
+PRESET_ARG = Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
+                 "(speed and memory only)", ("tiny", "full"))
+
+
+def mode_arg(best: str, as_published: str) -> Arg:
+    """`mode`: `best` (the family's fastest kernels) or `as_published` (its authors' code path)."""
+    return Arg("mode", str, "best", f"best: {best}; as_published: {as_published}", ("best", "as_published"))
+
 
 def random_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
     """Every weight matrix, embedding and convolution kernel (parameters of two or more dims) drawn from

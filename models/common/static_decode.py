@@ -15,8 +15,8 @@ steps always embed their token. This module supplies the two `attend`s and every
   `index_copy_`s its new key/value into the buffers at that position, and the single query attends over
   the whole buffer under the mask; then the positions advance, on the device.
 
-On CUDA the step is captured once per prefill in a CUDA graph (warm-up on a side stream first, as
-mamba-ssm's `utils/generation.py` does) and replayed for each token; on CPU the same step runs eagerly,
+On CUDA the step is captured once per prefill in a CUDA graph (models/common/graphs.py: warm-up on a
+side stream first, as mamba-ssm's `utils/generation.py` does, and the model's shared memory pool) and replayed for each token; on CPU the same step runs eagerly,
 so CPU tests check the math the graph replays. A capture that fails (other than for memory) leaves the
 decoder eager, with a warning and the reason in `graph_error`. When the buffers are full they grow
 (copied, the graph recaptured). The batch shares one cache position: rows are left-padded, and the
@@ -29,11 +29,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from omnibench.models.common.graphs import capture
 from transformers import AttentionInterface
 
 DECODE_BUDGET = 512  # decode steps a prefill makes room for before the buffers grow
 ALIGN = 64  # capacity granularity: keeps mask rows aligned for the fused SDPA kernels
-GRAPH_WARMUP_STEPS = 2
 
 # attend(layer, q, k, v) -> attention output (B, heads, n, head_dim); q, k, v (B, heads, n, head_dim) after rotary
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,12 +84,13 @@ class StaticDecoder:
     `step` after a prefill (so graph capture is not counted as prefill time) and replays it after."""
 
     def __init__(self, forward: Forward, layers: int, kv_heads: int, head_dim: int, device, dtype: torch.dtype,
-                 budget: int = DECODE_BUDGET, use_graph: bool | None = None) -> None:
+                 budget: int = DECODE_BUDGET, use_graph: bool | None = None, pool=None) -> None:
         self.forward = forward
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.device, self.dtype = torch.device(device), dtype
         self.budget = max(int(budget), 1)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
+        self.pool = pool  # the model's shared graph pool (models.common.graphs.graph_pool); None: its own
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.length = 0  # host mirror of `position`: slots filled so far
@@ -160,16 +162,8 @@ class StaticDecoder:
         self.positions.copy_(positions)
 
     def _capture(self) -> None:
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP_STEPS):
-                self._step_and_rewind()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records only: nothing runs, so nothing to rewind
-            out = self._step()
-        self.graph, self._graph_out = graph, out
+        # The warm-up steps rewind themselves; the recording runs nothing, so nothing to rewind.
+        self.graph, self._graph_out = capture(self._step, self._step_and_rewind, self.device, self.pool)
 
     def _grow(self) -> None:
         """Room for more decode steps: larger buffers with the old contents; the graph is recaptured."""

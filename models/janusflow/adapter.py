@@ -30,7 +30,9 @@ from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.presets import PRESET_ARG, mode_arg
 from omnibench.models.common.dtypes import bfloat16_on_cuda, resolve_dtype
+from omnibench.models.common.graphs import graph_pool
 from omnibench.models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
 from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
@@ -38,7 +40,6 @@ from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_
                          tiny_checkpoint)
 from .modeling_janusflow import JanusFlow, attn_implementation, llama_last_logits, rectified_flow_sample
 
-MODES = ("best", "as_published")
 
 
 def sft_prompt(user: str, system: str) -> str:
@@ -95,10 +96,8 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
     ARGS = (
         Arg("pretrained", str, DEFAULT_PRETRAINED, "JanusFlow checkpoint: a folder or hub id"),
         Arg("vae", str, DEFAULT_VAE, "SDXL VAE for text-to-image: a folder or hub id"),
-        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
-            "(speed and memory only)", ("tiny", "full")),
-        Arg("mode", str, "best", "best: prompt cached across ODE steps, static-cache CUDA-graph decode; "
-            "as_published: upstream's loop", MODES),
+        PRESET_ARG,
+        mode_arg("prompt cached across ODE steps, static-cache CUDA-graph decode", "upstream's loop"),
         Arg("system_prompt", str, SYSTEM_PROMPT, "understanding system prompt (empty for none)"),
         Arg("cfg_weight", float, 2.0, "text-to-image classifier-free guidance weight"),
         Arg("num_inference_steps", int, 30, "text-to-image rectified-flow ODE steps"),
@@ -128,6 +127,7 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         self.vae = None
         tok = self.tokenizer
         self.ids = {t: tok.convert_tokens_to_ids(t) for t in (IMAGE_TAG, BOI_TAG, EOI_TAG, GEN_TAG)}
+        self.graph_pool = graph_pool(device)  # shared by the decode graphs of every prefill
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.num_image_tokens = int(processor.get("num_image_tokens", model.config.siglip.num_tokens))
@@ -205,7 +205,7 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         attn = lm.model.layers[0].self_attn
         decoder = StaticDecoder(functools.partial(llama_last_logits, lm), len(lm.model.layers),
                                 attn.k_proj.out_features // attn.head_dim, attn.head_dim, self._device,
-                                lm.lm_head.weight.dtype, max_new_tokens or DECODE_BUDGET)
+                                lm.lm_head.weight.dtype, max_new_tokens or DECODE_BUDGET, pool=self.graph_pool)
         valid = mask.bool()
         decoder.prefill(ids, positions, valid=valid, mask=None if bool(valid.all()) else padded_causal_mask(valid),
                         embeds=embeds)

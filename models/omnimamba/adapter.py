@@ -21,6 +21,7 @@ from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.presets import PRESET_ARG, mode_arg
 from omnibench.models.common.dtypes import resolve_dtype
 
 from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
@@ -69,10 +70,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     name = "omnimamba"
     ARGS = (
         Arg("pretrained", str, DEFAULT_PRETRAINED, "checkpoint: a folder, an OmniMamba-1.3b.pth file or a hub id"),
-        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
-            "(speed and memory only)", ("tiny", "full")),
-        Arg("mode", str, "best", "best: CUDA-graph decode with fused norms; as_published: upstream's "
-            "eager decode on mamba-ssm's ops", ("best", "as_published")),
+        PRESET_ARG,
+        mode_arg("CUDA-graph decode with fused norms", "upstream's eager decode on mamba-ssm's ops"),
         Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
         Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),

@@ -19,6 +19,7 @@ steps replayed from CUDA graphs; elsewhere in plain PyTorch (ssd.py), computing 
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
@@ -27,10 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from omnibench.models.common.graphs import capture, graph_pool
+from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
+
 from . import fused
 from .fused import fused_available
 from .ssd import kernels, ssd_chunked, ssd_step, use_kernels
-from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
 
 from .vision import DinoSigLIPBackbone, FusedMLPProjector, VisionConfig
 from .vq import VQConfig, VQModel
@@ -379,12 +382,15 @@ class OmniMamba(nn.Module):
         self.projector = FusedMLPProjector(cfg.vision.embed_dim, cfg.d_model)
         self.llm_backbone = LLMBackbone(cfg)
         self._graphs: dict[tuple[Route, int], _GraphedStep] = {}
+        self._graph_pool = None
         self.use_cuda_graphs = True
         self.use_fused_decode = True  # fused.py's norm+GEMV kernels in decode steps (CUDA, batch <= 8)
 
     def _apply(self, fn, *args, **kwargs):
-        # .to() / .cuda() / .half() replace the parameters that captured graphs read: drop the graphs.
+        # .to() / .cuda() / .half() replace the parameters that captured graphs read: drop the graphs
+        # (and their pool, which may be on another device now).
         self._graphs.clear()
+        self._graph_pool = None
         return super()._apply(fn, *args, **kwargs)
 
     def set_kernels(self, enabled: bool) -> None:
@@ -469,6 +475,13 @@ class OmniMamba(nn.Module):
             return wide(fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0])
         return self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
 
+    @property
+    def graph_pool(self):
+        """The memory pool every decode graph of this model (each route and batch size) records into."""
+        if self._graph_pool is None:
+            self._graph_pool = graph_pool(self.lm.backbone.embedding.weight.device)
+        return self._graph_pool
+
     @torch.inference_mode()
     def step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         """Feed one token per sample (b,) at its position; advances the state, returns logits (b, V)."""
@@ -489,15 +502,10 @@ class _GraphedStep:
         self.static = model.new_state(batch, route)
         self.token = torch.zeros(batch, dtype=torch.long, device=self.static.position.device)
         self.bound: DecodeState | None = None
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up runs compile/autotune the Triton kernels
-            for _ in range(2):
-                model._step(self.static, self.token)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = model._step(self.static, self.token)
+        # Warm-up steps on the static state (it is overwritten when a state is bound) compile and
+        # autotune the Triton kernels outside the recording.
+        step = functools.partial(model._step, self.static, self.token)
+        self.graph, self.out = capture(step, step, self.token.device, model.graph_pool)
 
     def __call__(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         if self.bound is not state:

@@ -29,14 +29,15 @@ from omnibench.args import Arg
 from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
 
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
+from omnibench.models.common.presets import PRESET_ARG, mode_arg
 from omnibench.models.common.dtypes import resolve_dtype
+from omnibench.models.common.graphs import graph_pool
 from omnibench.models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
 from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, random_full, tiny_checkpoint
 from .magvit import image_transform, to_pil
 from .modeling_showo import KVCache, Showo, mmu_attention_mask, t2i_attention_mask, t2i_sample
 
-MODES = ("best", "as_published")
 # Text-to-image settings each checkpoint was published with, by its image-token grid: the 512 px model's
 # README T2I command (guidance_scale=5 generation_timesteps=50); the 256 px model's README demos (its only
 # published mask-prediction settings: inpainting and extrapolation, guidance_scale=1.75 generation_timesteps=16).
@@ -87,10 +88,8 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
             "of the paper's Table 1; showlab/show-o for 256 px)"),
         Arg("vq_model", str, DEFAULT_MAGVIT, "MAGVIT-v2 tokenizer: a folder or hub id"),
         Arg("llm", str, None, "Phi config and tokenizer (default: the checkpoint's llm_model_path)"),
-        Arg("preset", str, None, "tiny: random tiny model (tests); full: full size, random weights "
-            "(speed and memory only)", ("tiny", "full")),
-        Arg("mode", str, "best", "best: KV cache, static-cache CUDA-graph decode; as_published: "
-            "upstream's full recomputation", MODES),
+        PRESET_ARG,
+        mode_arg("KV cache, static-cache CUDA-graph decode", "upstream's full recomputation"),
         Arg("guidance_scale", float, None, "text-to-image classifier-free guidance (default: the checkpoint's "
             "published setting, see T2I_DEFAULTS)"),
         Arg("generation_timesteps", int, None, "text-to-image mask-prediction steps (default: the checkpoint's "
@@ -123,6 +122,7 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.sp = {t: tok.convert_tokens_to_ids(t) for t in ("<|soi|>", "<|eoi|>", "<|t2i|>", "<|mmu|>")}
         self.resolution = int(round(cfg.num_vq_tokens ** 0.5)) * vq.config.downsample
+        self.graph_pool = graph_pool(device)  # shared by the decode graphs of every prefill
         self.guidance_scale, self.timesteps = t2i_settings(cfg.num_vq_tokens, self.guidance_scale, self.timesteps)
 
     @property
@@ -176,7 +176,7 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         cfg = self.cfg
         decoder = StaticDecoder(self._static_logits, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim,
                                 self._device, self.model.showo.lm_head.weight.dtype,
-                                budget=max_new_tokens or DECODE_BUDGET)
+                                budget=max_new_tokens or DECODE_BUDGET, pool=self.graph_pool)
         decoder.prefill(ids, self._positions(ids), valid=ids != self.pad_id, mask=self._mask(ids))
         return decoder
 
