@@ -49,3 +49,10 @@ class Resample(nn.Module):
         if self.down:  # asymmetric padding, as in taming-transformers
             return self.conv(F.pad(x, (0, 1, 0, 1)))
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def code_grid(vectors):
+    """(b, side*side, dim) code vectors in raster order -> the (b, dim, side, side) latent grid."""
+    b, n, d = vectors.shape
+    side = int(round(n ** 0.5))
+    return vectors.reshape(b, side, side, d).permute(0, 3, 1, 2).contiguous()

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, group_norm
+from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, code_grid, group_norm
 
 
 @dataclass
@@ -107,10 +107,9 @@ class VectorQuantizer(nn.Module):
         # Training-time usage statistics; a persistent buffer in the checkpoint, unused here.
         self.register_buffer("codebook_used", torch.zeros(65536))
 
-    def codes_to_latents(self, codes: torch.Tensor, side: int) -> torch.Tensor:
+    def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         """(b, side*side) code ids -> (b, dim, side, side) l2-normalised code vectors."""
-        z = F.normalize(self.embedding.weight, p=2, dim=-1)[codes]
-        return z.reshape(codes.shape[0], side, side, -1).permute(0, 3, 1, 2).contiguous()
+        return code_grid(F.normalize(self.embedding.weight, p=2, dim=-1)[codes])
 
 
 class VQModel(nn.Module):
@@ -126,6 +125,5 @@ class VQModel(nn.Module):
     @torch.no_grad()
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
         """(b, n) codes, n a square -> images (b, 3, 16*sqrt(n), ...) in [-1, 1] (unclamped)."""
-        side = int(round(codes.shape[1] ** 0.5))
-        z = self.quantize.codes_to_latents(codes, side).to(self.post_quant_conv.weight.dtype)
+        z = self.quantize.codes_to_latents(codes).to(self.post_quant_conv.weight.dtype)
         return self.decoder(self.post_quant_conv(z))

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock
+from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, code_grid
 
 
 @dataclass
@@ -129,9 +129,7 @@ class LFQuantizer(nn.Module):
         return (self.power_vals.reshape(1, -1, 1, 1) * (z > 0).long()).sum(1).flatten(1)  # exact in any dtype
 
     def latents(self, codes: torch.Tensor) -> torch.Tensor:
-        side = int(round(codes.shape[1] ** 0.5))
-        z = self.embedding[codes]
-        return z.reshape(codes.shape[0], side, side, -1).permute(0, 3, 1, 2).contiguous()
+        return code_grid(self.embedding[codes])
 
 
 class MAGVITv2(nn.Module):
