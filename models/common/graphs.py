@@ -13,16 +13,28 @@ T = TypeVar("T")
 WARMUP_CALLS = 2
 
 
-def graph_pool(device: torch.device | str) -> Any:
-    """A memory-pool handle to share among one model's graphs; None off CUDA (nothing is captured there)."""
-    return torch.cuda.graph_pool_handle() if torch.device(device).type == "cuda" else None
+class GraphPool:
+    """The memory pool one model's decode graphs share. torch frees a pool as soon as no graph of it is
+    alive, and a pool id cannot be recorded into after that (an allocator assertion): a graph dropped
+    when the KV buffers grow, or with the decoder of a finished prefill, would strand the next capture.
+    So the pool keeps its newest graph alive and records every new graph into that graph's pool."""
+
+    def __init__(self) -> None:
+        self._anchor: torch.cuda.CUDAGraph | None = None
+
+    def capture(self, record: Callable[[], T], warm_up: Callable[[], Any],
+                device: torch.device | str) -> tuple[torch.cuda.CUDAGraph, T]:
+        graph, out = capture(record, warm_up, device, self._anchor.pool() if self._anchor is not None else None)
+        self._anchor = graph
+        return graph, out
 
 
 def capture(record: Callable[[], T], warm_up: Callable[[], Any], device: torch.device | str,
             pool: Any = None) -> tuple[torch.cuda.CUDAGraph, T]:
     """(graph, outputs): `warm_up()` run WARMUP_CALLS times on a side stream, then `record()` recorded
-    once (a recording runs nothing: `record` must leave no trace that replays would not repeat). The
-    outputs live in the graph's pool: copy them out before another graph of the same pool replays."""
+    once (a recording runs nothing: `record` must leave no trace that replays would not repeat). `pool`:
+    a live graph's `pool()` to share its memory (see GraphPool). The outputs live in the pool: copy them
+    out before another graph of the same pool replays."""
     device = torch.device(device)
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))

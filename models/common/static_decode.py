@@ -90,7 +90,7 @@ class StaticDecoder:
         self.device, self.dtype = torch.device(device), dtype
         self.budget = max(int(budget), 1)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        self.pool = pool  # the model's shared graph pool (models.common.graphs.graph_pool); None: its own
+        self.pool = pool  # the model's GraphPool (models/common/graphs.py), shared by its decoders; None: own
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.length = 0  # host mirror of `position`: slots filled so far
@@ -163,7 +163,10 @@ class StaticDecoder:
 
     def _capture(self) -> None:
         # The warm-up steps rewind themselves; the recording runs nothing, so nothing to rewind.
-        self.graph, self._graph_out = capture(self._step, self._step_and_rewind, self.device, self.pool)
+        if self.pool is None:
+            self.graph, self._graph_out = capture(self._step, self._step_and_rewind, self.device)
+        else:
+            self.graph, self._graph_out = self.pool.capture(self._step, self._step_and_rewind, self.device)
 
     def _grow(self) -> None:
         """Room for more decode steps: larger buffers with the old contents; the graph is recaptured."""

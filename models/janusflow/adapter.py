@@ -32,7 +32,7 @@ from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weig
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
 from omnibench.models.common.presets import PRESET_ARG, mode_arg
 from omnibench.models.common.dtypes import bfloat16_on_cuda, resolve_dtype
-from omnibench.models.common.graphs import graph_pool
+from omnibench.models.common.graphs import GraphPool
 from omnibench.models.common.static_decode import DECODE_BUDGET, StaticDecoder, padded_causal_mask, speed_context_ids
 
 from .checkpoint import (BOI_TAG, DEFAULT_PRETRAINED, DEFAULT_VAE, EOI_TAG, GEN_TAG, IMAGE_TAG, SYSTEM_PROMPT,
@@ -127,7 +127,7 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         self.vae = None
         tok = self.tokenizer
         self.ids = {t: tok.convert_tokens_to_ids(t) for t in (IMAGE_TAG, BOI_TAG, EOI_TAG, GEN_TAG)}
-        self.graph_pool = graph_pool(device)  # shared by the decode graphs of every prefill
+        self.graph_pool = GraphPool()  # shared by the decode graphs of every prefill
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.num_image_tokens = int(processor.get("num_image_tokens", model.config.siglip.num_tokens))

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omnibench.models.common.graphs import capture, graph_pool
+from omnibench.models.common.graphs import GraphPool
 from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
 
 from . import fused
@@ -476,10 +476,10 @@ class OmniMamba(nn.Module):
         return self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
 
     @property
-    def graph_pool(self):
+    def graph_pool(self) -> GraphPool:
         """The memory pool every decode graph of this model (each route and batch size) records into."""
         if self._graph_pool is None:
-            self._graph_pool = graph_pool(self.lm.backbone.embedding.weight.device)
+            self._graph_pool = GraphPool()
         return self._graph_pool
 
     @torch.inference_mode()
@@ -505,7 +505,7 @@ class _GraphedStep:
         # Warm-up steps on the static state (it is overwritten when a state is bound) compile and
         # autotune the Triton kernels outside the recording.
         step = functools.partial(model._step, self.static, self.token)
-        self.graph, self.out = capture(step, step, self.token.device, model.graph_pool)
+        self.graph, self.out = model.graph_pool.capture(step, step, self.token.device)
 
     def __call__(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         if self.bound is not state:

@@ -31,7 +31,7 @@ from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weig
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
 from omnibench.models.common.presets import PRESET_ARG, mode_arg
 from omnibench.models.common.dtypes import resolve_dtype
-from omnibench.models.common.graphs import graph_pool
+from omnibench.models.common.graphs import GraphPool
 from omnibench.models.common.static_decode import DECODE_BUDGET, StaticDecoder, speed_context_ids
 
 from .checkpoint import DEFAULT_MAGVIT, DEFAULT_SHOWO, from_pretrained, random_full, tiny_checkpoint
@@ -122,7 +122,7 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.sp = {t: tok.convert_tokens_to_ids(t) for t in ("<|soi|>", "<|eoi|>", "<|t2i|>", "<|mmu|>")}
         self.resolution = int(round(cfg.num_vq_tokens ** 0.5)) * vq.config.downsample
-        self.graph_pool = graph_pool(device)  # shared by the decode graphs of every prefill
+        self.graph_pool = GraphPool()  # shared by the decode graphs of every prefill
         self.guidance_scale, self.timesteps = t2i_settings(cfg.num_vq_tokens, self.guidance_scale, self.timesteps)
 
     @property
