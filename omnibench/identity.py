@@ -157,3 +157,22 @@ def _memoised_sha256(path: Path, memo: Path) -> str:
     digest = file_sha256(path)
     atomic_write_text(entry, json.dumps({**key, "sha256": digest}))
     return digest
+
+
+def local_file_digests(config: dict[str, Any]) -> dict[str, str]:
+    """For each argument that names a local file or folder (a checkpoint, a weights file), a digest of
+    its content: replacing the files behind an unchanged path changes the run's identity. Digests are
+    remembered by path, size and mtime (omnibench.data.file_digests), so only changed files are read.
+    A hub id is not hashed: its files are fixed by the revision the hub cache holds."""
+    from omnibench.data import file_digests
+
+    out = {}
+    for key, value in config.items():
+        if not isinstance(value, str) or not value or not Path(value).expanduser().exists():
+            continue
+        root = Path(value).expanduser()
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        digests = file_digests(files, desc=f"hashing {key}")
+        names = [f.name if root.is_file() else str(f.relative_to(root)) for f in files]
+        out[key] = hashlib.sha256("".join(f"{n}:{d}\n" for n, d in zip(names, digests)).encode()).hexdigest()[:16]
+    return out

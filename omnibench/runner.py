@@ -99,6 +99,9 @@ class Runner:
         # The run's identity: the adapter's declared arguments with every default filled in, so a
         # misspelled key fails here and a default changed in code gives a new run folder.
         self.model_config = self.model_cls.resolved_config(cfg.dtype, cfg.model_args)
+        local = identity.local_file_digests(self.model_config)
+        if local:  # the content behind local checkpoint paths, not just the paths
+            self.model_config["local_file_digests"] = local
         self.chash = config_hash(self.model_config, cfg.seed)
         self.model_code = identity.model_code_version(self.model_cls)
         self.dir = run_dir(cfg, self.chash)

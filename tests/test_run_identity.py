@@ -391,3 +391,22 @@ def test_tasks_declare_metric_directions_and_compare_reads_them(tmp_path):
     better = {"results": {"t": {"error_rate": 0.05}}, "headline": base["headline"], "directions": base["directions"]}
     assert compare_mod.compare(base, worse, 0.01)[1] is True
     assert compare_mod.compare(base, better, 0.01)[1] is False
+
+
+def test_new_weights_behind_the_same_local_path_are_a_new_run(tmp_path, toy, monkeypatch):
+    from omnibench.args import Arg
+
+    mod = toy.module()
+    monkeypatch.setattr(mod.Toy, "ARGS", mod.Toy.ARGS + (Arg("pretrained", str, None, "a checkpoint"),))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "weights.bin").write_bytes(b"\x00" * 64)
+    first = run(tmp_path, model_args={"pretrained": str(ckpt)})
+    again = run(tmp_path, model_args={"pretrained": str(ckpt)}, resume=True)
+    assert again["config_hash"] == first["config_hash"] and mod.CALLS == ["0", "1", "2", "3", "4"]
+    (ckpt / "weights.bin").write_bytes(b"\x01" * 64)  # same size, same path, other weights
+    mod.CALLS.clear()
+    other = run(tmp_path, model_args={"pretrained": str(ckpt)}, resume=True)
+    assert other["config_hash"] != first["config_hash"] and mod.CALLS == ["0", "1", "2", "3", "4"]
+    assert other["manifest"]["identity"]["model_config"]["local_file_digests"]["pretrained"] != \
+        first["manifest"]["identity"]["model_config"]["local_file_digests"]["pretrained"]
