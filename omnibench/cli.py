@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
-from omnibench.config import RunConfig, check_at_least, check_device, parse_kv, parse_limit
+from omnibench.config import (RunConfig, check_at_least, check_device, parse_gen_kwargs, parse_kv, parse_limit,
+                              resolve_aliases)
 from omnibench.errors import VERBOSITY, cli_main
 from omnibench.protocol import OmnibenchError
 
@@ -17,6 +19,15 @@ class OneLineParser(argparse.ArgumentParser):
         raise OmnibenchError(f"{message} (see {self.prog} --help)")
 
 
+def batch_size(text: str) -> int:
+    if text.strip().lower().startswith("auto"):
+        raise argparse.ArgumentTypeError("'auto' is not supported: give a number (halve it if a batch runs out of memory)")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="run_eval.py", description="Evaluate a unified multimodal model.")
     p.add_argument("--model", default=None, help="model adapter name (e.g. omnimamba, hf; see --tasks list)")
@@ -27,12 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(data_dir=<local copy>, split=..., sample=true for the built-in offline sample); "
                    "'help' lists the tasks' arguments")
     p.add_argument("--limit", default=None, help="first N samples of each task, or a fraction in (0, 1)")
-    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--batch_size", type=batch_size, default=1, help="samples per batch (a number; lmms-eval's "
+                   "'auto' is not supported)")
+    p.add_argument("--gen_kwargs", default="", help="generation settings for every task, as lmms-eval: "
+                   "max_new_tokens=N (greedy decoding only)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_path", default="results", help="folder for <model>_<config hash>/ run folders")
     p.add_argument("--log_samples", action="store_true", help="write samples_<task>.jsonl")
+    p.add_argument("--log_samples_suffix", default=None, help="samples files are samples_<task>_<suffix>.jsonl")
     p.add_argument("--resume", action="store_true", help="continue a run: finished samples are not re-run")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run of the same config "
                    "(once the new one has loaded its model)")
@@ -48,7 +63,10 @@ def parse_config(argv: list[str]) -> RunConfig | None:
 
     args = build_parser().parse_args(argv)
     if args.tasks == "list":
+        from omnibench.tasks import ALIASES
         print("tasks: " + ", ".join(task_names()))
+        print("lmms-eval names: " + ", ".join(f"{a} = {t} {' '.join(f'{k}={v}' for k, v in fixed.items())}"
+                                              for a, (t, fixed) in sorted(ALIASES.items())))
         print("models: " + ", ".join(model_names()))
         return None
     if args.model is not None and args.model_args.strip() == "help":
@@ -56,7 +74,8 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         return None
     if args.tasks is None:
         raise OmnibenchError("--tasks is required: a comma list of tasks (see --tasks list)")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks, task_args = resolve_aliases([t.strip() for t in args.tasks.split(",") if t.strip()],
+                                       parse_kv(args.task_args if args.task_args.strip() != "help" else "", "--task_args"))
     if args.task_args.strip() == "help":
         for name in tasks:
             print(help_text(f"task {name}", get_task_class(name).ARGS, "--task_args"))
@@ -73,8 +92,11 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         device = check_device(args.device)
+    if args.log_samples_suffix is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", args.log_samples_suffix):
+        raise OmnibenchError(f"--log_samples_suffix {args.log_samples_suffix!r}: use letters, digits, '.', '_' or '-'")
     return RunConfig(model=args.model, model_args=parse_kv(args.model_args, "--model_args"), tasks=tasks,
-                     task_args=parse_kv(args.task_args, "--task_args"), limit=parse_limit(args.limit),
+                     task_args=task_args, limit=parse_limit(args.limit), gen_kwargs=parse_gen_kwargs(args.gen_kwargs),
+                     log_samples_suffix=args.log_samples_suffix,
                      batch_size=args.batch_size, device=device, dtype=args.dtype, seed=args.seed,
                      output_path=args.output_path, log_samples=args.log_samples, resume=args.resume,
                      overwrite=args.overwrite)

@@ -32,6 +32,59 @@ def scoped_args(name: str, args: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def resolve_aliases(tasks: list[str], task_args: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """lmms-eval's task names (`mmmu_val`, ...) as ours plus the task arguments they fix; an argument the
+    user gave that contradicts an alias, or one task named twice, is a one-line error."""
+    from omnibench.tasks import ALIASES
+
+    names, args = [], dict(task_args)
+    for name in tasks:
+        canonical, fixed = ALIASES.get(name, (name, {}))
+        if canonical in names:
+            raise OmnibenchError(f"--tasks names {canonical} twice ({name} is {canonical}): run them separately")
+        names.append(canonical)
+        for key, value in fixed.items():
+            given = args.get(f"{canonical}.{key}", args.get(key))
+            if given is not None and given != value:
+                raise OmnibenchError(f"--tasks {name} means {canonical} with {key}={value}, but --task_args gives "
+                                     f"{key}={given}: drop one")
+            args[f"{canonical}.{key}"] = value
+    return names, args
+
+
+# Generation settings `--gen_kwargs` may carry: omnibench's models decode greedily, so only the settings
+# that mean greedy decoding are accepted besides the length.
+GREEDY_GEN_KWARGS = {"temperature": 0.0, "do_sample": False, "num_beams": 1, "top_p": 1.0}
+
+
+def parse_gen_kwargs(text: str | None) -> dict[str, Any]:
+    """lmms-eval's `--gen_kwargs k=v,...`: `max_new_tokens` (a positive integer) overrides every task's
+    answer length; greedy-decoding settings are accepted as no-ops; anything else is refused."""
+    out: dict[str, Any] = {}
+    for key, value in parse_kv(text, "--gen_kwargs").items():
+        if key == "max_new_tokens":
+            if not value.isdigit() or int(value) < 1:
+                raise OmnibenchError(f"--gen_kwargs max_new_tokens={value}: give a positive integer")
+            out[key] = int(value)
+        elif key in GREEDY_GEN_KWARGS:
+            want = GREEDY_GEN_KWARGS[key]
+            ok = str(value).lower() == str(want).lower() if isinstance(want, bool) else _number(value) == want
+            if not ok:
+                raise OmnibenchError(f"--gen_kwargs {key}={value} is not supported: omnibench's models decode "
+                                     f"greedily ({key}={want} is accepted)")
+        else:
+            raise OmnibenchError(f"--gen_kwargs {key} is not supported (supported: max_new_tokens, and "
+                                 f"{', '.join(f'{k}={v}' for k, v in GREEDY_GEN_KWARGS.items())})")
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def task_args_for(tasks: list[str], args: dict[str, str]) -> dict[str, dict[str, str]]:
     """Each task's own `--task_args`: `<task>.key=v` for that task, `key=v` for every listed task that
     declares `key`. A key no listed task takes, or a prefix naming a task not listed, fails here."""
@@ -120,6 +173,8 @@ class RunConfig:
     seed: int = 0
     output_path: str = "results"
     log_samples: bool = False
+    log_samples_suffix: str | None = None
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     overwrite: bool = False
     argv: list[str] | None = None  # the command line as given (for the manifest); None: this process's

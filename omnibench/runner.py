@@ -231,6 +231,7 @@ class Runner:
                     bar.update(1)
                 else:
                     req.seed = sample_seed(cfg.seed, doc.doc_id)
+                    req.gen_kwargs.update(cfg.gen_kwargs)  # --gen_kwargs: part of the request's fingerprint
                     sha = identity.request_fingerprint(req)
                     why = self._stale(task, old, sha) if old is not None else "new"
                     if why is None:
@@ -347,7 +348,8 @@ class Runner:
             records = gathered[task.name]
             exports[task.name] = [str(p) for p in task.export([r["record"] for r in records], target)]
             if cfg.log_samples:
-                atomic_write_text(target / f"samples_{task.name}.jsonl", "".join(
+                suffix = f"_{cfg.log_samples_suffix}" if cfg.log_samples_suffix else ""
+                atomic_write_text(target / f"samples_{task.name}{suffix}.jsonl", "".join(
                     json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records))
         identity_info = {
             "model_config": self.model_config, "model_code": self.model_code,

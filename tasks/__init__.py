@@ -7,3 +7,10 @@ TASKS: dict[str, str] = {
     "mmmu": "omnibench.tasks.mmmu:MMMU",
     "coco_fid30k": "omnibench.tasks.coco_fid:CocoFid",
 }
+# lmms-eval's names for the same benchmarks: each is one of ours with its split fixed.
+ALIASES: dict[str, tuple[str, dict[str, str]]] = {
+    "mmmu_val": ("mmmu", {"split": "validation"}),
+    "mmmu_test": ("mmmu", {"split": "test"}),
+    "vqav2_val": ("vqav2", {"split": "validation"}),
+    "vqav2_test": ("vqav2", {"split": "test"}),
+}

@@ -266,3 +266,24 @@ def test_out_of_memory_mid_run_keeps_finished_batches_and_says_how_to_go_on(tmp_
     resumed = FixedAnswers()
     out = Runner(pope_cfg(tmp_path, batch_size=2, resume=True), lambda: resumed).run()
     assert len(resumed.seen) == 2 and out["n_samples"]["pope"]["total"] == 6
+
+
+def test_lmms_eval_vocabulary_task_names_gen_kwargs_and_samples_suffix(tmp_path, capsys):
+    """The issue's own command, on the hf tiny preset: lmms-eval's task name, --gen_kwargs and --verbosity."""
+    argv = ["--model", "hf", "--model_args", "preset=tiny", "--tasks", "mmmu_val,pope", "--task_args", "sample=true",
+            "--gen_kwargs", "max_new_tokens=3,temperature=0", "--verbosity", "INFO", "--device", "cpu",
+            "--output_path", str(tmp_path), "--log_samples", "--log_samples_suffix", "run1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    folder = next(tmp_path.glob("hf_*"))
+    results = json.loads((folder / "results.json").read_text())
+    assert set(results["results"]) == {"mmmu", "pope"}
+    assert results["manifest"]["config"]["task_args"]["mmmu.split"] == "validation"
+    assert results["manifest"]["config"]["gen_kwargs"] == {"max_new_tokens": 3}
+    samples = [json.loads(l) for l in (folder / "samples_pope_run1.jsonl").read_text().splitlines()]
+    assert len(samples) == 6
+    # A changed --gen_kwargs changes every request: on --resume all samples are generated again.
+    assert main(argv[:-2] + ["--gen_kwargs", "max_new_tokens=4", "--resume"]) == 0
+    again = json.loads((folder / "results.json").read_text())
+    assert again["timing"]["pope"]["generated"] == 6 and again["timing"]["pope"]["cached"] == 0
+    assert main(["--tasks", "list"]) == 0
+    assert "mmmu_val = mmmu split=validation" in capsys.readouterr().out
