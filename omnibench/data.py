@@ -179,31 +179,3 @@ def task_split(task_args: dict[str, Any], hub_id: str, split: str, sample_name: 
         data_dir = write_sample(sample_name, sample_rows(), split, features_from(sample_features))
     ds = load_split(hub_id, split, config=config, data_dir=data_dir, image_columns=image_columns)
     return ds, data_dir or hub_id
-
-
-def file_digests(paths: Sequence[str | Path], desc: str = "hashing files") -> list[str]:
-    """sha256 of each file's content, remembered under the cache root by (path, size, mtime) so a second
-    run reads nothing: a rewritten file (same size or not) is hashed again, a moved folder too, and a
-    key built from these digests follows the content, not the folder's name."""
-    import json
-
-    from tqdm import tqdm
-
-    from omnibench.cache import atomic_write_text
-
-    memo_path = cache_root() / "file_digests.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    out, changed = [], False
-    for path in tqdm(paths, desc=desc, unit="file", disable=len(paths) < 1000):
-        st = Path(path).stat()
-        key = f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        if key not in memo:
-            memo[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            changed = True
-        out.append(memo[key])
-    if changed:
-        atomic_write_text(memo_path, json.dumps(memo))
-    return out

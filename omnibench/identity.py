@@ -11,7 +11,7 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omnibench.protocol import Request
 
@@ -159,13 +159,23 @@ def _memoised_sha256(path: Path, memo: Path) -> str:
     return digest
 
 
+def file_digests(paths: Sequence[str | Path], desc: str = "hashing files") -> list[str]:
+    """sha256 of each file's content, memoised on this machine by (path, size, mtime) under the cache
+    root, so a second run reads nothing: a rewritten file (same size or not) is hashed again, a moved
+    folder too, and a key built from these digests follows the content, not the folder's name."""
+    from tqdm import tqdm
+
+    from omnibench.data import cache_root
+
+    memo = cache_root() / "digests"
+    return [_memoised_sha256(Path(p), memo) for p in tqdm(paths, desc=desc, unit="file", disable=len(paths) < 1000)]
+
+
 def local_file_digests(config: dict[str, Any]) -> dict[str, str]:
     """For each argument that names a local file or folder (a checkpoint, a weights file), a digest of
     its content: replacing the files behind an unchanged path changes the run's identity. Digests are
-    remembered by path, size and mtime (omnibench.data.file_digests), so only changed files are read.
-    A hub id is not hashed: its files are fixed by the revision the hub cache holds."""
-    from omnibench.data import file_digests
-
+    memoised (`file_digests`), so only changed files are read. A hub id is not hashed: its files are
+    fixed by the revision the hub cache holds."""
     out = {}
     for key, value in config.items():
         if not isinstance(value, str) or not value or not Path(value).expanduser().exists():

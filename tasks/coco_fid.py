@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from omnibench import data
+from omnibench import data, identity
 from omnibench.args import Arg
 from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
 from omnibench.tasks import fid
@@ -108,7 +108,7 @@ def load_captions_json(captions: str, images: str | None) -> CocoVal:
     paths = {i: str(Path(images) / files[i]) for i in files}
     check_reference_images([paths[i] for i in sorted(paths)])
     # Keyed by content: a rewritten image changes it, a moved folder does not.
-    digests = data.file_digests([paths[i] for i in sorted(paths)], desc="hashing reference images")
+    digests = identity.file_digests([paths[i] for i in sorted(paths)], desc="hashing reference images")
     listing = hashlib.sha256("".join(f"{files[i]}:{d}\n" for i, d in zip(sorted(paths), digests)).encode())
     return CocoVal(captions_by_image, paths, str(path),
                    {"captions_sha256": hashlib.sha256(raw).hexdigest(), "image_files_sha256": listing.hexdigest()})

@@ -14,7 +14,6 @@ Give a local copy with `--task_args inception=/path` or `OMNIBENCH_INCEPTION=/pa
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -25,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from omnibench import data
+from omnibench import data, identity
 from omnibench.protocol import OmnibenchError
 
 LIBRARY = "clean-fid"
@@ -129,18 +128,9 @@ def inception_path(explicit: str | None = None, download: bool = True) -> Path |
     return cached
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256(str(path), st.st_size, st.st_mtime)
+    """The weights file's sha256, memoised by path, size and mtime (omnibench.identity.file_digests)."""
+    return identity.file_digests([path])[0]
 
 
 def load_inception(path: Path, device: str = "cpu"):
