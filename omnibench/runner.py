@@ -245,10 +245,13 @@ class Runner:
                         if why != "new":
                             stats.why[why] += 1
                         pending.append((i, doc, req, sha))
-                if len(pending) >= cfg.batch_size or len(ready) >= cfg.batch_size:
+                if len(pending) >= cfg.batch_size:  # a full batch: generate it, save it with what is ready
                     self._flush(task, pending, ready, cache, scoring, bar)
                     stats.generated += len(pending)
                     pending, ready = [], []
+                elif len(ready) >= cfg.batch_size:  # records that need no model: saved, the batch keeps filling
+                    self._flush(task, [], ready, cache, scoring, bar)
+                    ready = []
             self._flush(task, pending, ready, cache, scoring, bar)
             stats.generated += len(pending)
         seconds = time.perf_counter() - start
