@@ -99,6 +99,8 @@ class Runner:
         # The run's identity: the adapter's declared arguments with every default filled in, so a
         # misspelled key fails here and a default changed in code gives a new run folder.
         self.model_config = self.model_cls.resolved_config(cfg.dtype, cfg.model_args)
+        # The device kind changes answers too (kernels, and `--dtype auto` may mean bf16 on CUDA only).
+        self.model_config["device_type"] = cfg.device.partition(":")[0]
         local = identity.local_file_digests(self.model_config)
         if local:  # the content behind local checkpoint paths, not just the paths
             self.model_config["local_file_digests"] = local

@@ -410,3 +410,13 @@ def test_new_weights_behind_the_same_local_path_are_a_new_run(tmp_path, toy, mon
     assert other["config_hash"] != first["config_hash"] and mod.CALLS == ["0", "1", "2", "3", "4"]
     assert other["manifest"]["identity"]["model_config"]["local_file_digests"]["pretrained"] != \
         first["manifest"]["identity"]["model_config"]["local_file_digests"]["pretrained"]
+
+
+def test_the_device_kind_is_part_of_the_run_identity(tmp_path, toy):
+    """`--dtype auto` is bf16 on CUDA and fp32 on CPU for some models: a CPU run resumed on a GPU must not
+    mix the two sets of answers."""
+    cpu = Runner(RunConfig(model="toy", tasks=["echo"], output_path=str(tmp_path), device="cpu"))
+    gpu = Runner(RunConfig(model="toy", tasks=["echo"], output_path=str(tmp_path), device="cuda"))
+    gpu1 = Runner(RunConfig(model="toy", tasks=["echo"], output_path=str(tmp_path), device="cuda:1"))
+    assert cpu.chash != gpu.chash and gpu.chash == gpu1.chash
+    assert cpu.model_config["device_type"] == "cpu" and gpu.model_config["device_type"] == "cuda"
