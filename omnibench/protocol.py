@@ -121,6 +121,13 @@ class Task(abc.ABC):
         is the parts). Default: parts (score, count), the headline their ratio (an accuracy)."""
         return sums[..., 0] / sums[..., 1]
 
+    @classmethod
+    def throughput_requests(cls, n: int) -> list[Request]:
+        """`n` requests of this benchmark's real shape for the speed report's evaluation-throughput table:
+        prompts as this task builds them, images of its typical size (drawn), the answer length its
+        answers have (as `max_new_tokens`, so a random-weight model generates that many tokens)."""
+        raise OmnibenchError(f"task '{cls.name}' declares no throughput workload")
+
     def __init__(self, **task_args: Any) -> None:
         from omnibench.args import resolve
         self.args: dict[str, Any] = resolve(f"task {self.name}", self.ARGS, task_args, "--task_args")
@@ -214,6 +221,11 @@ class SpeedProtocol(abc.ABC):
     @abc.abstractmethod
     def decode_step(self, state: Any, token: Any) -> Any:
         """Feed one token per row (batch,), advance `state` in place, return the next logits (batch, V)."""
+
+    def speed_settings(self) -> dict[str, Any]:
+        """What this adapter's decode path runs on (CUDA graphs, fused kernels, attention implementation,
+        cache kind), recorded with every speed point."""
+        return {}
 
     def speed_context(self, length: int) -> Any:
         """(1, length) ordinary text token ids. Time and memory per position do not depend on which

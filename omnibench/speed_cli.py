@@ -10,7 +10,7 @@ from omnibench.errors import add_verbosity_flag, cli_main
 from omnibench.manifest import build_manifest
 from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
 from omnibench.registry import get_model_class
-from omnibench.speed import DEFAULT_LENGTHS, SweepConfig, as_dict, run_sweep
+from omnibench.speed import DEFAULT_LENGTHS, EVAL_WORKLOADS, SWEEP_MODES, SweepConfig, as_dict, run_sweep
 from omnibench.speed_report import record_run, write_reports
 
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_speed.py", description=__doc__)
     p.add_argument("--models", default=",".join(paper_models()), help="comma list (default: the models of the "
                    "paper's Fig. 1, from reports/paper/fig1_speed.json)")
-    p.add_argument("--modes", default="best", help="comma list of as_published, best")
+    p.add_argument("--modes", default="best", help="comma list of best, as_published (SDPA without cuDNN, as "
+                   "upstream's torch), as_published+cudnn (the same with this torch's default SDPA backends)")
     p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="context lengths in tokens")
     p.add_argument("--max-len", type=int, default=None, help="drop lengths above this")
     p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
@@ -41,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-budget", type=float, default=60.0,
                    help="measure the whole forced generation when its estimate is under this many seconds (0: never)")
     p.add_argument("--image-batch", type=int, default=16)
+    p.add_argument("--eval-workloads", default=",".join(EVAL_WORKLOADS),
+                   help="benchmarks whose request shape is timed for the evaluation-throughput table, in best "
+                        "mode ('none' for none)")
+    p.add_argument("--eval-samples", type=int, default=256, help="requests per evaluation-throughput workload")
+    p.add_argument("--eval-batch", type=int, default=16, help="batch size of the evaluation-throughput workloads")
+    p.add_argument("--fid-features", type=int, default=0, help="time Inception feature extraction over this many "
+                   "images for the FID-30K wall-clock estimate (0: not measured)")
+    p.add_argument("--fid-workers", type=int, default=8, help="DataLoader workers of the Inception-rate point")
     p.add_argument("--output-dir", default="results/speed",
                    help="the point store and reports (the committed reports/speed only when named here)")
     p.add_argument("--report-only", action="store_true", help="render reports from the finished points; measure nothing")
@@ -74,13 +83,20 @@ def to_config(args: argparse.Namespace) -> SweepConfig:
         raise OmnibenchError("--models is empty: give a comma list of models (e.g. omnimamba,showo,janusflow)")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes:
-        raise OmnibenchError("--modes is empty: give a comma list of as_published, best")
-    bad = [m for m in modes if m not in ("as_published", "best")]
+        raise OmnibenchError(f"--modes is empty: give a comma list of {', '.join(SWEEP_MODES)}")
+    bad = [m for m in modes if m not in SWEEP_MODES]
     if bad:
-        raise OmnibenchError(f"unknown mode '{bad[0]}' (known: as_published, best)")
+        raise OmnibenchError(f"unknown mode '{bad[0]}' (known: {', '.join(SWEEP_MODES)})")
+    workloads = [] if args.eval_workloads.strip() == "none" else \
+        [w.strip() for w in args.eval_workloads.split(",") if w.strip()]
+    from omnibench.registry import get_task_class
+    for w in workloads:
+        get_task_class(w)  # unknown names fail here with the known ones
     for flag, value, minimum in (("--decode-steps", args.decode_steps, 1), ("--warmup-steps", args.warmup_steps, 0),
                                  ("--repeats", args.repeats, 1), ("--image-batch", args.image_batch, 1),
-                                 ("--full-budget", args.full_budget, 0)):
+                                 ("--full-budget", args.full_budget, 0), ("--eval-samples", args.eval_samples, 1),
+                                 ("--eval-batch", args.eval_batch, 1),
+                                 ("--fid-features", args.fid_features, 0), ("--fid-workers", args.fid_workers, 0)):
         check_at_least(flag, value, minimum)
     check_at_least("--point-timeout", args.point_timeout, 0, exclusive=True)
     if args.gpu is not None and not args.report_only:
@@ -92,6 +108,8 @@ def to_config(args: argparse.Namespace) -> SweepConfig:
                        dtype=args.dtype, preset=args.preset, decode_steps=args.decode_steps,
                        warmup_steps=args.warmup_steps, repeats=args.repeats, point_timeout_s=args.point_timeout,
                        full_generation_budget_s=args.full_budget, image_batch=args.image_batch,
+                       eval_workloads=workloads, eval_samples=args.eval_samples, eval_batch=args.eval_batch,
+                       fid_features=args.fid_features, fid_workers=args.fid_workers,
                        output_dir=str(check_writable_dir(args.output_dir, "--output-dir")),
                        model_args=parse_kv(args.model_args, "--model_args"), report_only=args.report_only, gpu=args.gpu)
 

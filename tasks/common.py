@@ -47,3 +47,18 @@ class SingleImageQA(Task):
     def build_request(self, doc: Doc) -> Request:
         return Request(doc.doc_id, doc.row["question"] + SHORT_ANSWER, [self.image(doc.row)],
                        {"max_new_tokens": self.max_new_tokens})
+
+
+def photo_sized(n: int, size: tuple[int, int], seed: int = 0) -> list[Image.Image]:
+    """`n` noise images of a benchmark's typical size, for throughput workloads: preprocessing (resize,
+    normalise) costs what it costs on a photo of that size."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+# Objects POPE asks about (COCO categories), for throughput prompts of the real lengths.
+COCO_OBJECTS = ("dining table", "person", "car", "chair", "cup", "traffic light", "bottle", "teddy bear",
+                "cell phone", "fire hydrant", "baseball glove", "knife", "bowl", "tennis racket", "tv", "dog")

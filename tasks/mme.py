@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from omnibench import data
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, Request, Task
-from omnibench.tasks.common import SHORT_ANSWER, answers_every_question
+from omnibench.tasks.common import COCO_OBJECTS, SHORT_ANSWER, answers_every_question, photo_sized
 
 HUB_ID = "lmms-lab/MME"
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -209,3 +209,13 @@ class Mme(Task):
         acc = np.divide(right, asked, out=np.zeros_like(right, dtype=float), where=asked > 0)
         acc_plus = np.divide(both, images, out=np.zeros_like(both, dtype=float), where=images > 0)
         return ((acc + acc_plus) * 100).sum(axis=-1)
+
+    @classmethod
+    def throughput_requests(cls, n: int) -> list[Request]:
+        """Images of a COCO-derived MME subset's size (640x427), MME's yes/no question in lmms-eval's
+        prompt, and the 3 tokens a yes/no answer takes."""
+        images = photo_sized(min(n, 16), (640, 427))
+        return [Request(f"mme_{i}", mme_prompt(f"Is there a {COCO_OBJECTS[i % len(COCO_OBJECTS)]} in this image?"
+                                               f"{YES_NO_SUFFIX}"),
+                        [images[i % len(images)]], {"max_new_tokens": 3}) for i in range(n)]
+

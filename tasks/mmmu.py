@@ -42,7 +42,7 @@ from omnibench import data
 from omnibench.args import Arg
 from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
-from omnibench.tasks.common import answers_every_question
+from omnibench.tasks.common import answers_every_question, photo_sized
 
 HUB_ID = "MMMU/MMMU"
 IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
@@ -355,6 +355,20 @@ class MMMU(Task):
     def fingerprint(self) -> dict[str, Any]:
         chosen = None if self.subjects == list(SUBJECTS) else "+".join(self.subjects)
         return data.fingerprint(self.ds, self.source, self.split, chosen)
+
+    @classmethod
+    def throughput_requests(cls, n: int) -> list[Request]:
+        """One 800x600 figure, a multiple-choice question of MMMU's typical length (about 60 words, four
+        options) in lmms-eval's prompt, and the 3 tokens a letter answer takes."""
+        images = photo_sized(min(n, 16), (800, 600))
+        stem = ("<image 1> The figure shows the results of an experiment described in the text above. Based on "
+                "the measurements plotted, which of the following statements best explains the trend observed "
+                "between the two conditions, assuming all other variables were held constant during the study?")
+        options = repr(["The first condition increases the rate", "The second condition has no effect",
+                        "Both conditions reduce the rate equally", "The effect depends on the temperature"])
+        return [Request(f"mmmu_{i}", mmmu_prompt({"question": f"Question {i}: {stem}", "options": options,
+                                                  "question_type": MULTIPLE_CHOICE}),
+                        [images[i % len(images)]], {"max_new_tokens": 3}) for i in range(n)]
 
     def build_request(self, doc: Doc) -> Request:
         row = doc.row

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from omnibench import data
-from omnibench.protocol import Doc
-from omnibench.tasks.common import SingleImageQA
+from omnibench.protocol import Doc, Request
+from omnibench.tasks.common import COCO_OBJECTS, SHORT_ANSWER, SingleImageQA, photo_sized
 
 HUB_ID = "lmms-lab/POPE"
 SPLITS = ("adversarial", "popular", "random")
@@ -130,3 +130,12 @@ class Pope(SingleImageQA):
         f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp, dtype=float), where=denominator > 0)
         asked = n > 0
         return (f1 * asked).sum(axis=-1) / asked.sum(axis=-1)
+
+    @classmethod
+    def throughput_requests(cls, n: int) -> list[Request]:
+        """COCO val2014-sized images (640x480), the POPE question with the short-answer prompt, and the
+        3 tokens a yes/no answer takes ("Yes", ".", end of text)."""
+        images = photo_sized(min(n, 16), (640, 480))
+        return [Request(f"pope_{i}", f"Is there a {COCO_OBJECTS[i % len(COCO_OBJECTS)]} in the image?" + SHORT_ANSWER,
+                        [images[i % len(images)]], {"max_new_tokens": 3}) for i in range(n)]
+

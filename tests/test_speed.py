@@ -49,7 +49,7 @@ class TinyRecurrent(ModelAdapter, SpeedProtocol):
 def cfg_for(tmp_path, **kw):
     base = dict(models=["a", "b"], lengths=[8, 16, 32, 64], device="cpu", dtype="float32", preset="tiny",
                 decode_steps=4, warmup_steps=1, repeats=1, full_generation_budget_s=0.0, image_batch=2,
-                output_dir=str(tmp_path))
+                output_dir=str(tmp_path), eval_workloads=[])
     return SweepConfig(**{**base, **kw})
 
 
@@ -135,7 +135,8 @@ def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys
     from omnibench.speed_cli import main
     code = main(["--device", "cpu", "--preset", "tiny", "--max-len", "256", "--lengths", "64,256,1024",
                  "--models", "omnimamba", "--dtype", "float32", "--decode-steps", "4", "--repeats", "1",
-                 "--image-batch", "2", "--output-dir", str(tmp_path)])
+                 "--image-batch", "2", "--eval-workloads", "pope", "--eval-samples", "3", "--eval-batch", "2",
+                 "--output-dir", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "speed.json").read_text())
     ctx = {p["length"]: p for p in data["points"] if p["kind"] == "context"}
@@ -150,6 +151,11 @@ def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys
     assert "Measured by" in (tmp_path / "speed.md").read_text() and runs[0]["command"] in (tmp_path / "speed.md").read_text()
     img = next(p for p in data["points"] if p["kind"] == "image_gen")
     assert img["status"] == "ok" and img["batch"] == 2
+    # POPE-shaped requests through the real tiny model's generate_text, recorded with the settings used.
+    ev = next(p for p in data["points"] if p["kind"] == "eval_throughput")
+    assert (ev["status"], ev["workload"], ev["samples"], ev["image_size"]) == ("ok", "pope", 3, [640, 480])
+    assert ev["samples_per_second"] > 0 and ev["cuda_graphs"] is False and ev["sdpa_backends"] == "torch default"
+    assert "Evaluation throughput" in (tmp_path / "speed.md").read_text()
 
 
 def test_cli_rejects_unknown_model_and_mode(capsys):
@@ -169,3 +175,109 @@ def test_report_only_measures_nothing(tmp_path):
                        log=lambda s: None)
     assert {(p["model"], p["length"]) for p in points if p["kind"] == "context"} == {("a", 8)}
 
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class CostlyFirstCall(ModelAdapter, SpeedProtocol):
+    """Each call at a shape it has not seen (compile, autotune, graph capture, a cuDNN plan) costs 100 s
+    on a fake clock; every later call at that shape costs 1 s. A timing that includes a first call shows."""
+
+    name = "costly_first_call"
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.seen, self.sdpa_cudnn = clock, set(), []
+
+    def _cost(self, key):
+        self.clock.t += 1.0 if key in self.seen else 100.0
+        self.seen.add(key)
+
+    def prefill(self, input_ids, max_new_tokens=0):
+        self._cost(("prefill", tuple(input_ids.shape), max_new_tokens))
+        self.sdpa_cudnn.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return {"cache": input_ids.shape[1] + max_new_tokens}  # a static cache sized by max_new_tokens
+
+    def decode_step(self, state, token):
+        self._cost(("decode", state["cache"]))
+        return torch.zeros(1, 10)
+
+    def generate_images(self, requests):
+        self._cost(("images", len(requests)))
+        return [Image.new("RGB", (8, 8)) for _ in requests]
+
+    def generate_text(self, requests):
+        self._cost(("text", len(requests), max(len(r.prompt) for r in requests)))
+        return ["yes"] * len(requests)
+
+
+def test_compile_and_capture_never_fall_inside_a_timed_region(tmp_path, monkeypatch):
+    from omnibench import speed
+    clock = FakeClock()
+    monkeypatch.setattr(speed, "CLOCK", clock)
+    cfg = cfg_for(tmp_path, models=["m"], lengths=[8, 700], warmup_steps=0, repeats=2, decode_steps=3,
+                  full_generation_budget_s=1e9, image_batch=4, eval_workloads=["pope"], eval_samples=5, eval_batch=2)
+    points = run_sweep(cfg, lambda m, mode: CostlyFirstCall(clock), log=lambda s: None)
+    ctx = {p["length"]: p for p in points if p["kind"] == "context"}
+    for n, p in ctx.items():
+        assert p["prefill_seconds"] == 1.0 and p["decode_seconds_per_token"] == 1.0, n
+        assert p["prompt_prefill_seconds"] == 1.0  # the prompt's own prefill (640 tokens at 700), warmed too
+        # Prefill of the prompt with the static cache sized for the whole generation, then one step per token.
+        assert p["total_seconds_measured"] == 1.0 + (n - speed.prompt_len(n)), n
+    image = next(p for p in points if p["kind"] == "image_gen")
+    assert image["total_seconds"] == 1.0 and image["images_per_second"] == 4.0  # warmed at batch 4, not 1
+    ev = next(p for p in points if p["kind"] == "eval_throughput")
+    assert ev["total_seconds"] == 3.0 and ev["samples"] == 5  # batches of 2, 2, 1: each shape warmed
+
+
+def test_as_published_runs_sdpa_without_cudnn_and_its_cudnn_row_with_it(tmp_path):
+    from omnibench.speed import adapter_mode
+    built, adapters = [], []
+
+    def factory(model, mode):
+        built.append(mode)
+        adapters.append(CostlyFirstCall(FakeClock()))
+        return adapters[-1]
+    cfg = cfg_for(tmp_path, models=["m"], lengths=[8], modes=["best", "as_published", "as_published+cudnn"])
+    points = run_sweep(cfg, factory, log=lambda s: None)
+    assert built == ["best", "as_published", "as_published"] and adapter_mode("as_published+cudnn") == "as_published"
+    cudnn = [all(a.sdpa_cudnn) if any(a.sdpa_cudnn) else not any(a.sdpa_cudnn) and not a.sdpa_cudnn for a in adapters]
+    assert [set(a.sdpa_cudnn) for a in adapters] == [{True}, {False}, {True}], cudnn
+    recorded = {p["mode"]: p["sdpa_backends"] for p in points if p["kind"] == "context"}
+    assert recorded["as_published"] == ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+    assert recorded["best"] == recorded["as_published+cudnn"] == "torch default"
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the sweep
+
+
+@pytest.mark.parametrize("names, label", [
+    (["cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x128_4x1x1_kernel0_0", "gemv2T_kernel"], "cudnn"),
+    (["void pytorch_flash::flash_fwd_splitkv_kernel<Flash_fwd_kernel_traits<128>>", "ampere_bf16_gemm"], "flash"),
+    (["fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)"], "efficient"),
+    (["void flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>, true>"], "flash-attn"),
+    (["void (anonymous namespace)::softmax_warp_forward<c10::BFloat16>", "sm90_xmma_gemm_bf16bf16"], "math"),
+    (["_state_update_kernel", "_causal_conv1d_update_kernel", "gemv2T_kernel_val"], "none"),
+])
+def test_attention_backend_is_read_off_the_kernel_names(names, label):
+    from omnibench.speed import classify_attention
+    assert classify_attention(names) == label
+
+
+def test_fid_wall_clock_estimate_from_the_measured_inception_rate(tmp_path):
+    pytest.importorskip("cleanfid")
+    from omnibench.tasks import fid
+    if fid.inception_path(download=False) is None:
+        pytest.skip("no Inception weights on this machine")
+    points = run_sweep(cfg_for(tmp_path, models=["a"], lengths=[8], fid_features=3, fid_workers=0),
+                       lambda m, mode: TinyRecurrent(), log=lambda s: None)
+    feats = next(p for p in points if p["kind"] == "fid_features")
+    assert feats["status"] == "ok" and feats["images"] == 3 and feats["images_per_second"] > 0
+    md = write_reports(points, {"command": "t", "config": {}}, tmp_path)["md"].read_text()
+    image = next(p for p in points if p["kind"] == "image_gen")
+    estimate = 30000 / image["images_per_second"] / 60 + 30000 / feats["images_per_second"] / 60
+    assert "FID-30K wall-clock" in md and f"{estimate:.3g}" in md

@@ -223,6 +223,12 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         state.logits = self.model.language_model.lm_head(hidden[:, -1]).float()
         return state.logits
 
+    def speed_settings(self) -> dict[str, Any]:
+        best = self.mode == "best"
+        return {"cuda_graphs": best and self._device.type == "cuda",
+                "attention": self.model.language_model.config._attn_implementation,
+                "cache": "static KV cache" if best else "dynamic KV cache (transformers)"}
+
     @torch.inference_mode()
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
         limits = token_limits(requests, 512)  # README: 512

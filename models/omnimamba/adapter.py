@@ -198,6 +198,13 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     def decode_step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         return self.model.step(state, token.to(self._device))
 
+    def speed_settings(self) -> dict[str, Any]:
+        from .ssd import use_kernels
+        kernels = use_kernels(self._device)  # graphs and fused kernels run only where the kernels do
+        return {"cuda_graphs": kernels and self.model.use_cuda_graphs,
+                "fused_decode": kernels and self.model.use_fused_decode,
+                "ssm_kernels": "mamba-ssm (Triton)" if kernels else "PyTorch", "cache": "recurrent state"}
+
     @classmethod
     def weights_warning(cls, args: dict[str, Any]) -> str | None:
         return random_weights_warning(args["preset"])

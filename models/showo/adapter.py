@@ -188,6 +188,11 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         state.logits = self._recomputed_logits(state.ids)
         return state.logits
 
+    def speed_settings(self) -> dict[str, Any]:
+        best = self.mode == "best"
+        return {"cuda_graphs": best and self._device.type == "cuda", "attention": "sdpa (omni-attention mask)",
+                "cache": "static KV cache" if best else "no KV cache (recomputes the sequence)"}
+
     def _recomputed_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """As upstream's `mmu_generate`: the whole sequence under the dense mask (built whatever the prompt)
         and fp32 logits for every position and the whole vocabulary; returns the last position's (B, V)."""
