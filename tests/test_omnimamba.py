@@ -147,6 +147,27 @@ def test_mmu_decoding_from_the_state_equals_a_full_forward(model):
     assert state.position.tolist() == [41, 41]
 
 
+def test_right_padded_batch_prefill_gives_each_row_its_own_state_and_logits(model):
+    """One prefill of rows of different lengths (crossing chunk boundaries; one shorter than the conv
+    window) equals each row read alone: logits, conv window, SSM state, position, and the next steps."""
+    cfg = model.config
+    lengths = [41, 17, 3, 32]
+    rows = [model.with_mmu_positions(model.text_embeddings(
+        torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))))[0] for n in lengths]
+    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0.3)  # padding is never read
+    state, logits = model.prefill(padded, "mmu", torch.tensor(lengths))
+    read = [t.clone() for t in state.conv + state.ssm]
+    token = torch.tensor([5, 6, 7, 8])
+    after = model.step(state, token)
+    for i, row in enumerate(rows):
+        alone, first = model.prefill(row[None], "mmu")
+        assert rel(logits[i], first[0]) < 1e-10
+        for a, b in zip(read, alone.conv + alone.ssm):
+            assert rel(a[i], b[0]) < 1e-10 or (a[i].abs().max() == 0 and b[0].abs().max() == 0)
+        assert rel(after[i], model.step(alone, token[i:i + 1])[0]) < 1e-10
+    assert state.position.tolist() == [n + 1 for n in lengths]
+
+
 def test_t2i_decoding_uses_image_embeddings_and_positions_like_the_training_forward(model):
     cfg = model.config
     g = torch.Generator().manual_seed(1)

@@ -141,15 +141,13 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
             pixels = m.vision_backbone.preprocess([requests[i].images[0] for i in with_image])
             out = m.image_features({k: v.to(self._device) for k, v in pixels.items()})
             feats = {i: out[j: j + 1] for j, i in enumerate(with_image)}
-        # Each prompt is read on its own (exact per-sample lengths, no padding through the recurrence);
-        # the states are then stacked and decoded as one batch.
-        states, first = [], []
-        for i, r in enumerate(requests):
-            state, logits = m.prefill(self.mmu_embeddings(r.prompt, feats.get(i)), "mmu")
-            states.append(state)
-            first.append(logits)
-        state, limits = DecodeState.cat(states), token_limits(requests, 1024)
-        tokens = greedy(torch.cat(first), lambda token: self.decode_step(state, token), self.stop_ids, max(limits))
+        # One prefill for the batch: prompts right-padded, each read to its own length (the padding
+        # neither reaches a prompt's outputs nor changes its state; Mamba2Mixer.forward), then one decode.
+        embeds = [self.mmu_embeddings(r.prompt, feats.get(i))[0] for i, r in enumerate(requests)]
+        lengths = torch.tensor([len(e) for e in embeds], device=self._device)
+        state, first = m.prefill(torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True), "mmu", lengths)
+        limits = token_limits(requests, 1024)
+        tokens = greedy(first, lambda token: self.decode_step(state, token), self.stop_ids, max(limits))
         return decode_answers(self.tokenizer, tokens, limits, self.stop_ids)
 
     # -- text to image --

@@ -211,13 +211,23 @@ class Mamba2Mixer(nn.Module):
         return (x.unflatten(-1, (self.cfg.nheads, self.cfg.headdim)), B.unflatten(-1, (g, -1)),
                 C.unflatten(-1, (g, -1)))
 
-    def forward(self, u: torch.Tensor, route: Route, conv_state=None, ssm_state=None) -> torch.Tensor:
-        """Whole sequence from a zero state; writes the final states into conv_state / ssm_state if given."""
+    def forward(self, u: torch.Tensor, route: Route, conv_state=None, ssm_state=None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Whole sequences from a zero state; writes the final states into conv_state / ssm_state if given.
+        `lengths` (b,): right-padded rows, each read to its own length. Outputs before a row's length do not
+        see its padding (causal); the states are those after its last real position: the conv window is
+        gathered there, and the padding's dt is zero, so the SSM state passes through it unchanged
+        (exp(A*0) = 1, dt*B*x = 0)."""
         b, l, _ = u.shape
         z, xbc, dt = self._split(self.in_proj(u, route))
         fast = self.allow_kernels and use_kernels(u.device)
-        if conv_state is not None:  # the last d_conv inputs (zero-padded on the left)
-            conv_state.copy_(F.pad(xbc.transpose(1, 2), (self.cfg.d_conv - l, 0)))
+        d_conv = self.cfg.d_conv
+        if conv_state is not None and lengths is None:  # the last d_conv inputs (zero-padded on the left)
+            conv_state.copy_(F.pad(xbc.transpose(1, 2), (d_conv - l, 0)))
+        elif conv_state is not None:
+            at = lengths[:, None] - d_conv + torch.arange(d_conv, device=u.device)
+            window = xbc.gather(1, at.clamp(min=0)[..., None].expand(-1, -1, xbc.shape[-1]))
+            conv_state.copy_((window * (at >= 0)[..., None]).transpose(1, 2))
         weight = self.conv1d.weight.squeeze(1)
         if fast and kernels().conv1d_fn is not None:
             xbc = kernels().conv1d_fn(xbc.transpose(1, 2), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
@@ -225,11 +235,18 @@ class Mamba2Mixer(nn.Module):
             xbc = causal_conv1d_silu(xbc, self.conv1d.weight, self.conv1d.bias)
         x, B, C = self._xbc(xbc)
         A = -torch.exp(wide(self.A_log))
-        if fast:
+        dtp = None
+        if lengths is not None or not fast:
+            dtp = F.softplus(wide(dt) + wide(self.dt_bias))
+            if lengths is not None:
+                dtp = dtp * (torch.arange(l, device=u.device)[None, :] < lengths[:, None])[..., None]
+        if fast and dtp is None:
             y, final = kernels().chunk_scan(x, dt, A, B, C, self.cfg.chunk_size, D=self.D, dt_bias=self.dt_bias,
                                             dt_softplus=True, return_final_states=True)
+        elif fast:
+            y, final = kernels().chunk_scan(x, dtp, A, B, C, self.cfg.chunk_size, D=self.D,
+                                            return_final_states=True)
         else:
-            dtp = F.softplus(wide(dt) + wide(self.dt_bias))
             y, final = ssd_chunked(x, dtp, A, B, C, self.D, self.cfg.chunk_size)
             y = y.to(u.dtype)
         if ssm_state is not None:
@@ -434,13 +451,16 @@ class OmniMamba(nn.Module):
         return wide(self.head(route)(hidden))
 
     # -- the stack --
-    def forward(self, embeds: torch.Tensor, route: Route, state: DecodeState | None = None) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, route: Route, state: DecodeState | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states (b, l, d) of a whole sequence from a zero state (prefill / training
-        shape); fills `state` with the recurrent state after the last position if given."""
+        shape); fills `state` with the recurrent state after the last position (of each row's `lengths`,
+        for right-padded rows) if given."""
         x, residual = embeds.to(self._dtype()), None
         for i, layer in enumerate(self.lm.backbone.layers):
             h, residual = add_rms_norm(x, residual, layer.norm, prenorm=True)
-            x = layer.mixer(h, route, *((state.conv[i], state.ssm[i]) if state is not None else ()))
+            states = (state.conv[i], state.ssm[i]) if state is not None else (None, None)
+            x = layer.mixer(h, route, *states, lengths=lengths)
         return add_rms_norm(x, residual, self.lm.backbone.norm_f, prenorm=False)[0]
 
     def _dtype(self) -> torch.dtype:
@@ -457,11 +477,17 @@ class OmniMamba(nn.Module):
         return DecodeState(conv, ssm, pos, route)
 
     @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor, route: Route) -> tuple[DecodeState, torch.Tensor]:
-        """Read a batch of equal-length prompts once; returns the state and the last position's logits."""
-        state = self.new_state(embeds.shape[0], route, embeds.shape[1])
-        hidden = self(embeds, route, state)
-        return state, self.logits(hidden[:, -1], route)
+    def prefill(self, embeds: torch.Tensor, route: Route,
+                lengths: torch.Tensor | None = None) -> tuple[DecodeState, torch.Tensor]:
+        """Read a batch of prompts once; returns the state and each row's last logits. Rows of different
+        lengths come right-padded with their `lengths` (b,) (see Mamba2Mixer.forward)."""
+        if lengths is None:
+            state = self.new_state(embeds.shape[0], route, embeds.shape[1])
+            return state, self.logits(self(embeds, route, state)[:, -1], route)
+        lengths = lengths.to(embeds.device)
+        state = self.new_state(embeds.shape[0], route, lengths)
+        hidden = self(embeds, route, state, lengths)
+        return state, self.logits(hidden[torch.arange(len(lengths), device=embeds.device), lengths - 1], route)
 
     def _step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         x = self.token_embeddings(token, state.position, state.route).to(self._dtype())
