@@ -132,7 +132,7 @@ CASES = [
     ("corrupt-cache-line", corrupt_cache, "corrupt cache line"),
     ("edited-run-identity", edited_identity, "holds a run of another configuration (differs in: model_config.preset"),
     ("model-args-help-unknown-model", with_args(model="nosuch", model_args="help"), "unknown model 'nosuch'"),
-    ("batch-size-auto", with_args(batch_size="auto"), "argument --batch_size: 'auto' is not supported: give a number"),
+    ("batch-size-auto-n", with_args(batch_size="auto:4"), "argument --batch_size: 'auto:4' is not supported (lmms-eval's auto:N re-detects N times): give auto or a number"),
     ("gen-kwargs-sampling", with_args(gen_kwargs="temperature=0.7"), "--gen_kwargs temperature=0.7 is not supported: omnibench's models decode greedily"),
     ("gen-kwargs-unknown", with_args(gen_kwargs="max_length=5"), "--gen_kwargs max_length is not supported (supported: max_new_tokens"),
     ("gen-kwargs-bad-length", with_args(gen_kwargs="max_new_tokens=0"), "--gen_kwargs max_new_tokens=0: give a positive integer"),
