@@ -122,7 +122,8 @@ def write_hub_layout(name: str, configs: dict[str, dict[str, list[dict[str, Any]
     tables = {}
     digest = hashlib.sha256()
     for config, splits in configs.items():
-        feats = features.get(config) if isinstance(features, dict) else features
+        # datasets.Features is itself a dict: only a plain dict maps configs to features.
+        feats = features if features is None or isinstance(features, datasets.Features) else features[config]
         for split, rows in splits.items():
             tables[config, split] = ds = datasets.Dataset.from_list(rows, features=feats)
             digest.update(repr((config, split, sorted(ds.features.items()), ds.num_rows)).encode())
@@ -292,7 +293,7 @@ class Source:
                                  f"such as lmms-lab/POPE)")
         self.target = str(path) if self.local else given
         self.revision = None if self.local or revision in (None, "main") else revision
-        self.where = f"folder {given}" if self.local else f"hub dataset {given}@{revision or 'main'}"
+        self.where = f"folder {given}" if self.local else f"{given}@{revision or 'main'} from the hub"
         self.disk = disk_copies(path) if self.local and path.is_dir() else None
         self._splits: dict[str, list[str]] = {}
 

@@ -332,28 +332,33 @@ def write_sample() -> str:
 # ----------------------------------------------------------------------------- reading
 
 def read_subjects(source: data.Source, subjects: Sequence[str], split: str, config: str | None) -> data.Read:
-    """The subjects' questions of `split`, in the official subject order (each subject's in the order
-    the source holds them), from either layout: one config per subject when the source holds every one
-    asked for (and no other config is named), else the one config with every subject, its rows chosen
-    and ordered by the subject in their id. Both give the same rows in the same order."""
+    """The subjects' questions of `split` in the official order (by subject, then by the number in the
+    id), from either layout: one config per subject when the source holds every one asked for (and no
+    other config is named), else the one config with every subject, its rows chosen by the subject in
+    their id ("validation_Art_Theory_12"). Both layouts give the same rows in the same order."""
     held = source.config_names()
     if config in (None, *subjects) and all(s in held for s in subjects):
         per_subject = [data.Layout(PER_SUBJECT, s, SPLITS) for s in subjects]
-        return data.concat([source.read(per_subject, split, s, COLUMNS, IMAGE_COLUMNS) for s in subjects])
-    if config is None and not {"default", data.ANY} & set(held):
+        read = data.concat([source.read(per_subject, split, s, COLUMNS, IMAGE_COLUMNS) for s in subjects])
+    elif config is None and not {"default", data.ANY} & set(held):
         absent = [s for s in subjects if s not in held]
         raise OmnibenchError(f"{source.where} holds neither a config for each subject asked for ({PER_SUBJECT}: "
                              f"no {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}) nor one config with "
                              f"every subject ({ONE_CONFIG.name}); it holds {source.holdings()}: pass subjects= "
                              f"naming the ones it holds")
-    read = source.read((ONE_CONFIG,), split, config, COLUMNS, IMAGE_COLUMNS)
+    else:
+        read = source.read((ONE_CONFIG,), split, config, COLUMNS, IMAGE_COLUMNS)
     order = {s: i for i, s in enumerate(subjects)}
-    found = [(order[subject_of(i)], n) for n, i in enumerate(read.ds["id"]) if subject_of(i) in order]
-    missing = [s for s in subjects if s not in {subjects[k] for k, _ in found}]
+
+    def key(n_id: tuple[int, str]) -> tuple[int, int, str]:
+        number = n_id[1].rsplit("_", 1)[-1]
+        return order[subject_of(n_id[1])], int(number) if number.isdigit() else 0, n_id[1]
+    found = sorted(((n, i) for n, i in enumerate(read.ds["id"]) if subject_of(i) in order), key=key)
+    missing = [s for s in subjects if s not in {subject_of(i) for _, i in found}]
     if missing:
         raise OmnibenchError(f"{source.where} ({read.layout}) has no {split} questions of {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''} (pass subjects= naming the ones it holds)")
-    rows = [n for _, n in sorted(found)]
+    rows = [n for n, _ in found]
     if rows != list(range(len(read.ds))):
         read.ds = read.ds.select(rows)
     return read
