@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'help' lists the model's arguments")
     p.add_argument("--tasks", default=None, help="comma list of tasks, or 'list' to print the registry")
     p.add_argument("--task_args", default="", help="k=v,... for every task that takes k, or <task>.k=v for one "
-                   "(data_dir=<local copy>, split=..., sample=true for the built-in offline sample); "
+                   "(source=<hub id or local copy>, config=..., split=..., sample=true for the built-in offline sample); "
                    "'help' lists the tasks' arguments")
     p.add_argument("--limit", default=None, help="first N samples of each task, or a fraction in (0, 1)")
     p.add_argument("--batch_size", type=batch_size, default=1, help="samples per batch: a number, or auto (the "

@@ -1,5 +1,10 @@
 """POPE (Li et al. 2023): yes/no object-hallucination probes on COCO, three splits.
 
+Data: lmms-lab/POPE (or its lmms-lab-encoder mirror) holds the 9,000 questions twice: `split=test` reads
+the default config (one split, a `category` column), `split=adversarial` / `popular` / `random` (or
+several joined by '+', as lmms-eval's pope_full) read the Full config. Either way a row's category is
+its POPE split, and the scores are the same.
+
 Answer extraction and metrics follow the official `evaluate.py` (as used by LLaVA's eval_pope.py):
 keep the text before the first '.', drop commas, split on spaces; the answer is "no" if any word is
 exactly "No", "no" or "not", else "yes". Metrics per split (random, popular, adversarial): accuracy,

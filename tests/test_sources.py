@@ -235,3 +235,17 @@ def test_a_copy_of_another_benchmark_is_refused_by_its_columns(tmp_path):
     folder = vqav2_hub(tmp_path / "VQAv2")  # a default config with a test split, as POPE's
     with pytest.raises(OmnibenchError, match=r"split test has no column answer .* it is not lmms-lab/POPE \(default "):
         pope.Pope(source=str(folder))
+
+
+def test_lmms_eval_names_run_from_the_command_line(tmp_path, capsys):
+    from omnibench.cli import main
+
+    code = main(["--model", "omnimamba", "--model_args", "preset=tiny", "--tasks", "mmmu_val,pope_full",
+                 "--task_args", "sample=true", "--gen_kwargs", "max_new_tokens=8", "--verbosity", "INFO",
+                 "--device", "cpu", "--output_path", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads(next(tmp_path.glob("omnimamba_*/results.json")).read_text())
+    assert results["manifest"]["datasets"]["pope"]["layout"] == "lmms-lab/POPE (Full config)"
+    assert results["manifest"]["datasets"]["pope"]["split"] == "adversarial+popular+random"
+    assert {"pope_adversarial_f1", "pope_popular_f1", "pope_random_f1", "pope_f1"} <= set(results["results"]["pope"])
+    assert results["manifest"]["datasets"]["mmmu"]["split"] == "validation"
