@@ -99,7 +99,19 @@ def readme_section() -> str:
         for name in names:
             flag = "--model_args" if kind == "--model" else "--task_args"
             parts += [f"#### `{kind} {name}`: `{flag}`", "", markdown_table(get(name).ARGS), ""]
+            sources = getattr(get(name), "SOURCES", ())
+            if sources:
+                parts += [f"Sources of `{name}` (`source=`; the first is the default):", "", sources_table(sources), ""]
     return "\n".join(parts + [README_END])
+
+
+def sources_table(sources: Sequence[Any]) -> str:
+    """A task's hub repositories as a Markdown table, for README."""
+    rows = ["| hub id | revision read | holds |", "|---|---|---|"]
+    for s in sources:
+        revision = "main (not pinned)" if s.revision == "main" else f"`{s.revision}`"
+        rows.append(f"| `{s.hub_id}` | {revision} | {s.holds} |")
+    return "\n".join(rows)
 
 
 def main() -> None:

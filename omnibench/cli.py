@@ -19,9 +19,12 @@ class OneLineParser(argparse.ArgumentParser):
         raise OmnibenchError(f"{message} (see {self.prog} --help)")
 
 
-def batch_size(text: str) -> int:
+def batch_size(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
     if text.strip().lower().startswith("auto"):
-        raise argparse.ArgumentTypeError("'auto' is not supported: give a number (halve it if a batch runs out of memory)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not supported (lmms-eval's auto:N re-detects N times): give "
+                                         "auto or a number")
     try:
         return int(text)
     except ValueError:
@@ -35,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "'help' lists the model's arguments")
     p.add_argument("--tasks", default=None, help="comma list of tasks, or 'list' to print the registry")
     p.add_argument("--task_args", default="", help="k=v,... for every task that takes k, or <task>.k=v for one "
-                   "(data_dir=<local copy>, split=..., sample=true for the built-in offline sample); "
+                   "(source=<hub id or local copy>, config=..., split=..., sample=true for the built-in offline sample); "
                    "'help' lists the tasks' arguments")
     p.add_argument("--limit", default=None, help="first N samples of each task, or a fraction in (0, 1)")
-    p.add_argument("--batch_size", type=batch_size, default=1, help="samples per batch (a number; lmms-eval's "
-                   "'auto' is not supported)")
+    p.add_argument("--batch_size", type=batch_size, default=1, help="samples per batch: a number, or auto (the "
+                   "largest that fits, from 64 down, halved on out-of-memory)")
     p.add_argument("--gen_kwargs", default="", help="generation settings for every task, as lmms-eval: "
                    "max_new_tokens=N (greedy decoding only)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -82,7 +85,8 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         return None
     if args.model is None:
         raise OmnibenchError("--model is required (see --tasks list for the known models)")
-    check_at_least("--batch_size", args.batch_size, 1)
+    if args.batch_size != "auto":
+        check_at_least("--batch_size", args.batch_size, 1)
     if not tasks:
         raise OmnibenchError("--tasks is empty: give a comma list of tasks (see --tasks list)")
     if args.resume and args.overwrite:

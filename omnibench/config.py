@@ -167,7 +167,7 @@ class RunConfig:
     tasks: list[str] = field(default_factory=list)
     task_args: dict[str, str] = field(default_factory=dict)
     limit: float | None = None
-    batch_size: int = 1
+    batch_size: int | str = 1  # or "auto": the runner finds the largest batch that fits
     device: str = "cpu"
     dtype: str = "auto"
     seed: int = 0

@@ -75,6 +75,8 @@ class Task(abc.ABC):
     """
 
     ARGS: tuple["Arg", ...] = ()
+    # The hub repositories that publish its dataset (`data.HubSource`), the first its default source.
+    SOURCES: tuple[Any, ...] = ()
 
     name: str = ""
     output_type: Literal["text", "image"] = "text"

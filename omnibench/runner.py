@@ -28,6 +28,9 @@ log = logging.getLogger("omnibench")
 CACHE_ONLY = ("written_ns",)
 
 RESULTS_SCHEMA_VERSION = 1
+# `--batch_size auto` starts here and halves on out-of-memory. Batches of understanding requests past
+# 64 gain little on one GPU, and a cap keeps the first, failing attempts short.
+AUTO_BATCH_CAP = 64
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +58,22 @@ def sample_seed(seed: int, sample_id: str) -> int:
     """Per-sample seed: the same image for a sample whatever its batch or rank, so resume is exact."""
     import hashlib
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:4], "little")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or another framework's out-of-memory RuntimeError."""
+    import torch
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_accelerator_memory() -> None:
+    """What a failed batch left allocated goes back before the smaller batch runs."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def limit_count(total: int, limit: float | None) -> int:
@@ -111,6 +130,11 @@ class Runner:
             device=dist.local_device(cfg.device), dtype=cfg.dtype, **cfg.model_args))
         self._model: ModelAdapter | None = None
         self._replaced: Path | None = None
+        # Samples per model call; with --batch_size auto, halved for the rest of the run on out-of-memory.
+        # It is in no sample's identity: a request's answer does not depend on the batch it was in.
+        self.auto_batch = cfg.batch_size == "auto"
+        self.batch_size = AUTO_BATCH_CAP if self.auto_batch else int(cfg.batch_size)
+        self._batch_logged = False
 
     @property
     def model(self) -> ModelAdapter:
@@ -247,11 +271,11 @@ class Runner:
                         if why != "new":
                             stats.why[why] += 1
                         pending.append((i, doc, req, sha))
-                if len(pending) >= cfg.batch_size:  # a full batch: generate it, save it with what is ready
+                if len(pending) >= self.batch_size:  # a full batch: generate it, save it with what is ready
                     self._flush(task, pending, ready, cache, scoring, bar)
                     stats.generated += len(pending)
                     pending, ready = [], []
-                elif len(ready) >= cfg.batch_size:  # records that need no model: saved, the batch keeps filling
+                elif len(ready) >= self.batch_size:  # records that need no model: saved, the batch keeps filling
                     self._flush(task, [], ready, cache, scoring, bar)
                     ready = []
             self._flush(task, pending, ready, cache, scoring, bar)
@@ -290,19 +314,7 @@ class Runner:
 
     def _run_batch(self, task: Task, batch: list[tuple[int, Doc, Request, str]], scoring: str) -> list[dict[str, Any]]:
         reqs = [req for _, _, req, _ in batch]
-        try:
-            if task.output_type == "image":
-                outputs = self.model.generate_images(reqs)
-            else:
-                outputs = self.model.generate_text(reqs)
-        except Exception as exc:
-            if "out of memory" not in str(exc).lower():
-                raise
-            raise OmnibenchError(f"out of memory on a batch of {len(reqs)} {task.name} samples (first: "
-                                 f"{reqs[0].sample_id}): finished samples are saved; re-run with a smaller "
-                                 f"--batch_size and --resume") from exc
-        if len(outputs) != len(reqs):
-            raise OmnibenchError(f"model {self.cfg.model} returned {len(outputs)} outputs for {len(reqs)} requests")
+        outputs = self._answer(task, reqs)
         records = []
         for (i, doc, req, sha), output in zip(batch, outputs):
             extra = {}
@@ -310,6 +322,42 @@ class Runner:
                 output, extra["image_sha256"] = self._save_image(task, doc.doc_id, output)
             records.append({**self._record(task, doc, i, req.prompt, output, None, sha, scoring), **extra})
         return records
+
+    def _answer(self, task: Task, reqs: list[Request]) -> list[Any]:
+        """The model's outputs for `reqs`, `self.batch_size` at a time. With --batch_size auto, a call that
+        runs out of memory is redone in halves, and the smaller size kept for the rest of the run (as
+        accelerate's find_executable_batch_size does); otherwise it stops the run in one line."""
+        outputs: list[Any] = []
+        while len(outputs) < len(reqs):
+            chunk = reqs[len(outputs):len(outputs) + self.batch_size]
+            answered = self._call_model(task, chunk)
+            if answered is not None:
+                if len(answered) != len(chunk):
+                    raise OmnibenchError(f"model {self.cfg.model} returned {len(answered)} outputs for {len(chunk)} "
+                                         f"requests")
+                outputs += answered
+                if self.auto_batch and not self._batch_logged:
+                    log.info(f"--batch_size auto: {self.batch_size} samples per batch")
+                    self._batch_logged = True
+                continue
+            # Out of memory: freed outside the `except`, once its traceback no longer holds the batch.
+            _free_accelerator_memory()
+            self.batch_size, self._batch_logged = len(chunk) // 2, False
+            log.info(f"--batch_size auto: out of memory at {len(chunk)} samples per batch; trying {self.batch_size}")
+        return outputs
+
+    def _call_model(self, task: Task, chunk: list[Request]) -> list[Any] | None:
+        """The model's outputs, or None when the call ran out of memory and a smaller batch may fit."""
+        try:
+            return self.model.generate_images(chunk) if task.output_type == "image" else self.model.generate_text(chunk)
+        except Exception as exc:
+            if not _out_of_memory(exc):
+                raise
+            if not self.auto_batch or len(chunk) == 1:
+                raise OmnibenchError(f"out of memory on a batch of {len(chunk)} {task.name} samples (first: "
+                                     f"{chunk[0].sample_id}): finished samples are saved; re-run with a smaller "
+                                     f"--batch_size and --resume") from exc
+            return None
 
     def _record(self, task: Task, doc: Doc, index: int, prompt: str | None, output: Any, error: str | None,
                 request_sha: str | None, scoring: str) -> dict[str, Any]:
@@ -378,6 +426,7 @@ class Runner:
             "exports": exports,
             "manifest": build_manifest(cfg.to_dict(), fingerprints, {
                 "world_size": self.world, "identity": identity_info,
+                "batch_size_chosen": self.batch_size,  # --batch_size auto's pick (else the number given)
                 "model_provenance": self._model.provenance() if self._model is not None else "model not loaded "
                                     "(every sample came from the cache)"}, argv=cfg.argv),
         }

@@ -21,8 +21,8 @@ The paper does not say which reference or resize it used, so the report states o
 
 Sources: `captions=<captions_val2014.json>` with `images=<val2014 folder>` (the official files),
 `sample=true` (a few drawn images and captions in the official format), or the hub copy
-`lmms-lab/COCO-Caption` split `val` (`data_dir=` for a local snapshot): `question_id` is the file name,
-`answer` the captions.
+`lmms-lab/COCO-Caption` split `val` (`source=` for a mirror or a local copy): `question_id` is the file
+name, `answer` the captions.
 Other task args: `inception=` (weights file, or $OMNIBENCH_INCEPTION), `fid_device` (cuda when there is
 one), `fid_batch_size` (64), `fid_workers` (image decoding processes, up to 8).
 """
@@ -41,8 +41,15 @@ from omnibench.args import Arg
 from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
 from omnibench.tasks import fid
 
-HUB_ID = "lmms-lab/COCO-Caption"
 HUB_SPLIT = "val"
+LAYOUTS = (data.Layout("lmms-lab/COCO-Caption (default config)", "default", ("val", "test")),)
+_FILES = ("README.md", "data/val-*")  # the test split (images without captions) is never read
+SOURCES = (
+    data.HubSource("lmms-lab/COCO-Caption", "main", "default config: val (the 40,504 val2014 images, their "
+                   "captions), test", _FILES),
+    data.HubSource("lmms-lab-encoder/COCO-Caption", "main", "a mirror of lmms-lab/COCO-Caption (what lmms-eval "
+                   "0.7.3 reads)", _FILES),
+)
 REFERENCES = ("all", "sampled")
 
 
@@ -67,6 +74,7 @@ class CocoVal:
     source: str
     identity: dict[str, Any]  # hashes that change whenever the captions or the images do
     ds: Any = None
+    read: dict[str, Any] | None = None  # a hub copy's layout and revision
 
     def reference_items(self, ids: Sequence[int]) -> Sequence[Any]:
         return [self.images[i] for i in ids] if self.ds is None else _HubImages(self.ds, [self.images[i] for i in ids])
@@ -148,15 +156,19 @@ def load_prompt_file(path: str) -> list[str]:
     return [r["Prompt"] for r in rows]
 
 
-def load_hub(data_dir: str | None) -> CocoVal:
-    ds = data.load_split(HUB_ID, HUB_SPLIT, data_dir=data_dir)
+def load_hub(task_args: dict[str, Any]) -> CocoVal:
+    """The val split of the hub copy `source=` names (default: lmms-lab/COCO-Caption): `question_id` is
+    the image's file name, `answer` its captions."""
+    read = data.task_source(task_args, SOURCES).read(LAYOUTS, HUB_SPLIT, columns=("question_id", "answer", "image"))
+    ds = read.ds
     captions, rows = {}, {}
     for row, (qid, answers) in enumerate(zip(ds["question_id"], ds["answer"])):
         image_id = image_id_from_file(qid)
         captions[image_id] = [a.strip() for a in answers]
         rows[image_id] = row
-    return CocoVal(captions, rows, data_dir or HUB_ID, {"datasets_fingerprint": getattr(ds, "_fingerprint", None),
-                                                          "num_rows": len(ds)}, ds)
+    return CocoVal(captions, rows, read.source, {"datasets_fingerprint": getattr(ds, "_fingerprint", None),
+                                                 "num_rows": len(ds)}, ds,
+                   {"layout": read.layout, "revision": read.revision})
 
 
 def write_sample() -> tuple[str, str]:
@@ -194,10 +206,13 @@ class CocoFid(Task):
     lower_is_better = ("fid",)
     neutral = ("fid_images", "fid_failed", "fid_reference_images")
     tolerances = {"fid": 0.5}
+    SOURCES = SOURCES
     ARGS = (
         Arg("captions", str, None, "the official captions_val2014.json (with images=)"),
         Arg("images", str, None, "the val2014 image folder (with captions=)"),
-        Arg("data_dir", str, None, "a local copy of the hub dataset of COCO val2014 captions and images"),
+        Arg("source", str, None, "the hub dataset of val2014 captions and images: a hub id or a local folder (a "
+            "snapshot_download or save_to_disk copy); default: lmms-lab/COCO-Caption"),
+        Arg("data_dir", str, None, "deprecated: a local folder, the same as source=<folder>"),
         Arg("sample", bool, False, "the built-in offline sample: a few captions and drawn images"),
         Arg("num_prompts", int, 30000, "captions drawn (one per image at most)"),
         Arg("prompt_seed", int, 0, "seed of the caption draw"),
@@ -225,7 +240,7 @@ class CocoFid(Task):
         elif args["sample"]:
             self.coco = load_captions_json(*write_sample())
         else:
-            self.coco = load_hub(args["data_dir"])
+            self.coco = load_hub(args)
         self.recipe = args["ref_resize"]
         self.prompt_list = load_prompt_file(args["prompts_file"])[:self.num_prompts] if args["prompts_file"] else None
         if self.prompt_list is not None and self.reference != "all":
@@ -246,7 +261,7 @@ class CocoFid(Task):
         ids = "\n".join(self.docs().ids)
         weights = fid.inception_path(self.args["inception"], download=False)
         return {"source": self.coco.source, "split": "val2014", "num_rows": len(self.coco.captions),
-                **self.coco.identity, "num_prompts": len(self.docs()), "prompt_seed": self.prompt_seed,
+                **self.coco.identity, **(self.coco.read or {}), "num_prompts": len(self.docs()), "prompt_seed": self.prompt_seed,
                 "prompts_file": self.args["prompts_file"], "fid_ref_resize": self.recipe,
                 "prompt_ids_sha256": hashlib.sha256(ids.encode()).hexdigest(), **fid.library_info(),
                 "fid_reference": self.reference, "fid_image_size": self.ref_size,

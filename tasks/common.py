@@ -25,9 +25,9 @@ def answers_every_question(task: Task, records: Sequence[dict[str, Any]], total:
 
 
 class SingleImageQA(Task):
-    """Rows with a `question` and one image; subclasses set `self.ds`, `self.source`, `self.split` and
-    say how a row is identified (`doc_id` of the `id_columns`) and, if not from its `image` column,
-    where its image is."""
+    """Rows with a `question` and one image; subclasses set `self.read` (a `data.Read`: the rows and where
+    they came from), `self.ds` (its rows) and `self.split`, and say how a row is identified (`doc_id` of
+    the `id_columns`) and, if not from its `image` column, where its image is."""
 
     max_new_tokens = 16
     id_columns: tuple[str, ...] = ()
@@ -42,7 +42,7 @@ class SingleImageQA(Task):
         return data.lazy_docs(self.ds, self.id_columns, self.doc_id)
 
     def fingerprint(self) -> dict[str, Any]:
-        return data.fingerprint(self.ds, self.source, self.split)
+        return self.read.fingerprint()
 
     def build_request(self, doc: Doc) -> Request:
         return Request(doc.doc_id, doc.row["question"] + SHORT_ANSWER, [self.image(doc.row)],

@@ -36,9 +36,18 @@ from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
 from omnibench.tasks.common import SingleImageQA, answers_every_question
 
-HUB_ID = "lmms-lab/GQA"
 SPLIT = "testdev"
 SPLITS = ("testdev", "test", "challenge")
+INSTRUCTIONS = (data.Layout("lmms-lab/GQA ({split}_balanced_instructions config)", "{split}_balanced_instructions",
+                            SPLITS),)
+IMAGES = (data.Layout("lmms-lab/GQA ({split}_balanced_images config)", "{split}_balanced_images", SPLITS),)
+# The repository also holds the train and val configs (tens of GB), which no evaluation reads.
+_FILES = ("README.md", *(f"{split}_balanced_*/*" for split in SPLITS))
+SOURCES = (
+    data.HubSource("lmms-lab/GQA", "main", "<split>_balanced_instructions + <split>_balanced_images configs for "
+                   "testdev, test, challenge (and train, val, *_all_*)", _FILES),
+    data.HubSource("lmms-lab-encoder/GQA", "main", "a mirror of lmms-lab/GQA (what lmms-eval 0.7.3 reads)", _FILES),
+)
 
 
 def configs(split: str) -> tuple[str, str]:
@@ -123,12 +132,23 @@ def sample_features(split: str = SPLIT) -> tuple[dict[str, Any], dict[str, Any]]
     return instructions, {"id": "string", "image": "image"}
 
 
+def write_sample() -> str:
+    """The built-in sample as lmms-lab/GQA holds it: an instructions and an images config per split."""
+    tables, features = {}, {}
+    for split in SPLITS:
+        instructions, images = sample_rows(split)
+        for config, rows, spec in zip(configs(split), (instructions, images), sample_features(split)):
+            tables[config], features[config] = {split: rows}, data.features_from(spec)
+    return data.write_hub_layout("gqa", tables, features)
+
+
 class GQA(SingleImageQA):
     name = "gqa"
     paper_column = "GQA"
     paper_metric = "gqa_accuracy"
     tolerances = {"gqa_*": 0.01}
     # testdev: the testdev-balanced set the paper reports; test and challenge: server submissions.
+    SOURCES = SOURCES
     ARGS = data.source_args(SPLIT, SPLITS)
     id_columns = ("id",)
 
@@ -136,16 +156,13 @@ class GQA(SingleImageQA):
         super().__init__(**task_args)
         self.split = self.args["split"]
         self.configs = configs(self.split)
-        # `data_dir` is a local snapshot of the hub repository holding both configs. The built-in
-        # sample writes each config as its own folder, which loads without a config name.
-        sample = self.args["sample"]
-        instructions_spec, images_spec = sample_features(self.split)
-        self.ds, self.source = data.task_split(
-            self.args, HUB_ID, self.split, "gqa_instructions", lambda: sample_rows(self.split)[0],
-            instructions_spec, config=None if sample else self.configs[0])
-        self.images, self.images_source = data.task_split(
-            self.args, HUB_ID, self.split, "gqa_images", lambda: sample_rows(self.split)[1], images_spec,
-            config=None if sample else self.configs[1])
+        if self.args["config"] is not None:
+            raise OmnibenchError(f"task gqa reads two configs ({', '.join(self.configs)}), named by the split: "
+                                 f"give split=, not config=")
+        source = data.task_source(self.args, SOURCES, write_sample)
+        self.read = source.read(INSTRUCTIONS, self.split, columns=("id", "imageId", "question"))
+        self.images_read = source.read(IMAGES, self.split, columns=("id", "image"))
+        self.ds, self.images = self.read.ds, self.images_read.ds
         # Only the id column is read up front; an image is fetched when its question is asked.
         self.image_index = {image_id: i for i, image_id in enumerate(self.images["id"])}
 
@@ -153,8 +170,7 @@ class GQA(SingleImageQA):
         return str(row["id"])
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"instructions": data.fingerprint(self.ds, self.source, self.split, self.configs[0]),
-                "images": data.fingerprint(self.images, self.images_source, self.split, self.configs[1])}
+        return {"instructions": self.read.fingerprint(), "images": self.images_read.fingerprint()}
 
     def image(self, row: dict[str, Any]) -> Image.Image:
         index = self.image_index.get(row["imageId"])

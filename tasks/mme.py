@@ -37,7 +37,16 @@ from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, Request, Task
 from omnibench.tasks.common import COCO_OBJECTS, SHORT_ANSWER, answers_every_question, photo_sized
 
-HUB_ID = "lmms-lab/MME"
+LAYOUTS = (data.Layout("lmms-lab/MME (default config)", "default", ("test",)),)
+SOURCES = (
+    data.HubSource("lmms-lab/MME", "d6c9023f017b564f7b3ccccf5348166bce8fdbcd", "default config (test)",
+                   ("README.md", "data/test-*")),
+    data.HubSource("lmms-lab-encoder/MME", "d6c9023f017b564f7b3ccccf5348166bce8fdbcd",
+                   "a mirror of lmms-lab/MME (what lmms-eval 0.7.3 reads)", ("README.md", "data/test-*")),
+)
+COLUMNS = ("question_id", "question", "answer", "category", "image")
+FEATURES = {"question_id": "string", "question": "string", "answer": "string", "category": "string",
+            "image": "image"}
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
               "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
@@ -140,14 +149,16 @@ class Mme(Task):
     paper_scale = 1.0  # MME scores are points (max 2000), printed as is
     # Points: the perception total moves by about 20 between runs of the same model (prompt, decoding).
     tolerances = {"mme_perception": 20.0, "mme_cognition": 20.0, "mme_*_score": 10.0}
+    SOURCES = SOURCES
     ARGS = data.source_args("test")
 
     def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
         self.split = self.args["split"]
-        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "mme", sample_rows, {
-            "question_id": "string", "question": "string", "answer": "string", "category": "string",
-            "image": "image"})
+        source = data.task_source(self.args, SOURCES, lambda: data.write_sample(
+            "mme", sample_rows(), "test", data.features_from(FEATURES)))
+        self.read = source.read(LAYOUTS, self.split, self.args["config"], COLUMNS)
+        self.ds = self.read.ds
 
     def docs(self) -> Docs:
         # question_id repeats for the two questions of an image: number them in dataset order.
@@ -160,7 +171,7 @@ class Mme(Task):
         return data.lazy_docs(self.ds, ("question_id", "category"), doc_id)
 
     def fingerprint(self) -> dict[str, Any]:
-        return data.fingerprint(self.ds, self.source, self.split)
+        return self.read.fingerprint()
 
     def build_request(self, doc: Doc) -> Request:
         row = doc.row

@@ -44,7 +44,6 @@ from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, Docs, OmnibenchError, Request, Task
 from omnibench.tasks.common import answers_every_question, photo_sized
 
-HUB_ID = "MMMU/MMMU"
 IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
 MULTIPLE_CHOICE = "multiple-choice"
 MC_POST_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -63,6 +62,17 @@ CAT_SHORT2LONG = {
     "psy": "Psychology", "pub_health": "Public_Health", "socio": "Sociology",
 }
 SUBJECTS = tuple(CAT_SHORT2LONG.values())
+SPLITS = ("dev", "validation", "test")
+# The authors' repository has one config per subject; lmms-lab's (what lmms-eval reads) one `default`
+# config with every subject, told apart by the id ("validation_Art_Theory_12").
+PER_SUBJECT = "MMMU/MMMU (one config per subject)"
+ONE_CONFIG = data.Layout("lmms-lab/MMMU (default config)", "default", SPLITS)
+SOURCES = (
+    data.HubSource("MMMU/MMMU", "main", "one config per subject (30), each with dev, validation, test"),
+    data.HubSource("lmms-lab/MMMU", "main", "default config (dev, validation, test), every subject"),
+    data.HubSource("lmms-lab-encoder/MMMU", "main", "a mirror of lmms-lab/MMMU (what lmms-eval 0.7.3 reads)"),
+)
+COLUMNS = ("id", "question", "options", "answer", "question_type", *IMAGE_COLUMNS)
 DOMAIN_CAT2SUB_CAT = {
     "Art and Design": ["Art", "Art_Theory", "Design", "Music"],
     "Business": ["Accounting", "Economics", "Finance", "Manage", "Marketing"],
@@ -313,6 +323,47 @@ def sample_rows(subject: str, split: str = "validation") -> list[dict[str, Any]]
     return rows
 
 
+def write_sample() -> str:
+    """The built-in sample as MMMU/MMMU holds it: one config per subject, each with its three splits."""
+    return data.write_hub_layout("mmmu", {subject: {split: sample_rows(subject, split) for split in SPLITS}
+                                          for subject in SAMPLE_SUBJECTS}, _features())
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_subjects(source: data.Source, subjects: Sequence[str], split: str, config: str | None) -> data.Read:
+    """The subjects' questions of `split` in the official order (by subject, then by the number in the
+    id), from either layout: one config per subject when the source holds every one asked for (and no
+    other config is named), else the one config with every subject, its rows chosen by the subject in
+    their id ("validation_Art_Theory_12"). Both layouts give the same rows in the same order."""
+    held = source.config_names()
+    if config in (None, *subjects) and all(s in held for s in subjects):
+        per_subject = [data.Layout(PER_SUBJECT, s, SPLITS) for s in subjects]
+        read = data.concat([source.read(per_subject, split, s, COLUMNS, IMAGE_COLUMNS) for s in subjects])
+    elif config is None and not {"default", data.ANY} & set(held):
+        absent = [s for s in subjects if s not in held]
+        raise OmnibenchError(f"{source.where} holds neither a config for each subject asked for ({PER_SUBJECT}: "
+                             f"no {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}) nor one config with "
+                             f"every subject ({ONE_CONFIG.name}); it holds {source.holdings()}: pass subjects= "
+                             f"naming the ones it holds")
+    else:
+        read = source.read((ONE_CONFIG,), split, config, COLUMNS, IMAGE_COLUMNS)
+    order = {s: i for i, s in enumerate(subjects)}
+
+    def key(n_id: tuple[int, str]) -> tuple[int, int, str]:
+        number = n_id[1].rsplit("_", 1)[-1]
+        return order[subject_of(n_id[1])], int(number) if number.isdigit() else 0, n_id[1]
+    found = sorted(((n, i) for n, i in enumerate(read.ds["id"]) if subject_of(i) in order), key=key)
+    missing = [s for s in subjects if s not in {subject_of(i) for _, i in found}]
+    if missing:
+        raise OmnibenchError(f"{source.where} ({read.layout}) has no {split} questions of {', '.join(missing[:5])}"
+                             f"{' ...' if len(missing) > 5 else ''} (pass subjects= naming the ones it holds)")
+    rows = [n for n, _ in found]
+    if rows != list(range(len(read.ds))):
+        read.ds = read.ds.select(rows)
+    return read
+
+
 # ----------------------------------------------------------------------------- task
 
 class MMMU(Task):
@@ -320,41 +371,29 @@ class MMMU(Task):
     paper_column = "MMMU"
     paper_metric = "mmmu_accuracy"
     tolerances = {"mmmu_*": 0.02}  # 900 validation questions: one is 0.11 points
-    ARGS = (*data.source_args("validation", ("dev", "validation", "test")),
+    SOURCES = SOURCES
+    ARGS = (*data.source_args("validation", SPLITS),
             Arg("subjects", str, None, "'+'-separated subjects (hub config or official short names); default all 30"))
 
     def __init__(self, **task_args: Any) -> None:
-        import datasets
-
         super().__init__(**task_args)
         self.split = self.args["split"]
-        sample = self.args["sample"]
-        self.subjects = parse_subjects(self.args["subjects"] or ("+".join(SAMPLE_SUBJECTS) if sample else None))
-        data_dir = self.args["data_dir"]
-        parts = []
+        sample, config = self.args["sample"], self.args["config"]
+        default = "+".join(SAMPLE_SUBJECTS) if sample else config if config in SUBJECTS else None
+        self.subjects = parse_subjects(self.args["subjects"] or default)
         if sample:
             missing = [s for s in self.subjects if s not in SAMPLE_SUBJECTS]
             if missing:
                 raise OmnibenchError(f"the built-in MMMU sample has only {', '.join(SAMPLE_SUBJECTS)}, not {', '.join(missing)}")
-            # One folder per subject, each read as a single-config dataset.
-            for subject in self.subjects:
-                folder = data.write_sample(f"mmmu-{subject}", sample_rows(subject, self.split), self.split, _features())
-                parts.append(data.load_split(HUB_ID, self.split, data_dir=folder, image_columns=IMAGE_COLUMNS))
-            self.source = "built-in sample"
-        else:
-            # The hub repository (or a snapshot of it) has one config per subject.
-            for subject in self.subjects:
-                parts.append(data.load_split(HUB_ID, self.split, config=subject, data_dir=data_dir,
-                                             image_columns=IMAGE_COLUMNS))
-            self.source = data_dir or HUB_ID
-        self.ds = datasets.concatenate_datasets(parts)
+        self.read = read_subjects(data.task_source(self.args, SOURCES, write_sample), self.subjects, self.split, config)
+        self.ds = self.read.ds
 
     def docs(self) -> Docs:
         return data.lazy_docs(self.ds, ("id",), lambda row: row["id"])
 
     def fingerprint(self) -> dict[str, Any]:
         chosen = None if self.subjects == list(SUBJECTS) else "+".join(self.subjects)
-        return data.fingerprint(self.ds, self.source, self.split, chosen)
+        return {**self.read.fingerprint(), "subjects": chosen}
 
     @classmethod
     def throughput_requests(cls, n: int) -> list[Request]:

@@ -1,5 +1,10 @@
 """POPE (Li et al. 2023): yes/no object-hallucination probes on COCO, three splits.
 
+Data: lmms-lab/POPE (or its lmms-lab-encoder mirror) holds the 9,000 questions twice: `split=test` reads
+the default config (one split, a `category` column), `split=adversarial` / `popular` / `random` (or
+several joined by '+', as lmms-eval's pope_full) read the Full config. Either way a row's category is
+its POPE split, and the scores are the same.
+
 Answer extraction and metrics follow the official `evaluate.py` (as used by LLaVA's eval_pope.py):
 keep the text before the first '.', drop commas, split on spaces; the answer is "no" if any word is
 exactly "No", "no" or "not", else "yes". Metrics per split (random, popular, adversarial): accuracy,
@@ -17,11 +22,21 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from omnibench import data
-from omnibench.protocol import Doc, Request
+from omnibench.protocol import Doc, OmnibenchError, Request
 from omnibench.tasks.common import COCO_OBJECTS, SHORT_ANSWER, SingleImageQA, photo_sized
 
-HUB_ID = "lmms-lab/POPE"
 SPLITS = ("adversarial", "popular", "random")
+# The hub holds POPE twice: all 9,000 questions as one `test` split with a `category` column, and the
+# `Full` config with one split per category (what lmms-eval's pope_adv / pope_pop / pope_random read).
+LAYOUTS = (data.Layout("lmms-lab/POPE (default config)", "default", ("test",)),
+           data.Layout("lmms-lab/POPE (Full config)", "Full", SPLITS))
+SOURCES = (
+    data.HubSource("lmms-lab/POPE", "4db1276663dfa5eb8ad16a52d24c31a09e470896",
+                   "default config (test) and Full config (adversarial, popular, random)"),
+    data.HubSource("lmms-lab-encoder/POPE", "4db1276663dfa5eb8ad16a52d24c31a09e470896",
+                   "a mirror of lmms-lab/POPE (what lmms-eval 0.7.3 reads)"),
+)
+COLUMNS = ("question_id", "question", "answer", "image")
 
 
 def extract_yes_no(text: str) -> str:
@@ -64,6 +79,18 @@ def pope_scores(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def parse_split(split: str) -> list[str]:
+    """`test` (the default config), or '+'-separated splits of the Full config, in the official order."""
+    if split == "test":
+        return [split]
+    parts = [p.strip() for p in split.split("+")]
+    unknown = [p for p in parts if p not in SPLITS]
+    if unknown:
+        raise OmnibenchError(f"task pope: unknown split '{unknown[0]}' (known: test, {', '.join(SPLITS)}, or "
+                             f"several of these three joined by '+', e.g. {'+'.join(SPLITS)})")
+    return [s for s in SPLITS if s in parts]
+
+
 def sample_rows() -> list[dict[str, Any]]:
     """A few rows in the lmms-lab/POPE schema with drawn images (built-in offline sample)."""
     rows = []
@@ -82,21 +109,42 @@ def sample_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def write_sample() -> str:
+    """The built-in sample in both hub layouts: the rows as the default config's test split, and split
+    by category as the Full config."""
+    rows = sample_rows()
+    features = data.features_from(FEATURES)
+    full = {split: [r for r in rows if r["category"] == split] for split in SPLITS}
+    return data.write_hub_layout("pope", {"default": {"test": rows}, "Full": full}, features)
+
+
+FEATURES = {"id": "string", "question_id": "string", "question": "string", "answer": "string",
+            "image_source": "string", "image": "image", "category": "string"}
+
+
 class Pope(SingleImageQA):
     name = "pope"
     paper_column = "POPE"
     paper_metric = "pope_f1"
     neutral = ("*yes_ratio",)
     tolerances = {"pope_*": 0.01}  # one point of F1 / accuracy
-    ARGS = data.source_args("test")
+    SOURCES = SOURCES
+    ARGS = data.source_args("test", split_help="test (the default config: all three categories), or adversarial, "
+                            "popular, random of the Full config, several joined by '+'")
     id_columns = ("category", "question_id")
 
     def __init__(self, **task_args: Any) -> None:
         super().__init__(**task_args)
         self.split = self.args["split"]
-        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "pope", sample_rows, {
-            "id": "string", "question_id": "string", "question": "string", "answer": "string",
-            "image_source": "string", "image": "image", "category": "string"})
+        source = data.task_source(self.args, SOURCES, write_sample)
+        parts = []
+        for split in parse_split(self.split):
+            part = source.read(LAYOUTS, split, self.args["config"], COLUMNS)
+            if "category" not in part.ds.column_names:  # a Full split is one category: say which
+                part.ds = part.ds.add_column("category", [split] * len(part.ds))
+            parts.append(part)
+        self.read = data.concat(parts)
+        self.ds = self.read.ds
 
     def doc_id(self, row: dict[str, Any]) -> str:
         return f"{row['category']}/{row['question_id']}"

@@ -37,9 +37,18 @@ from omnibench.cache import atomic_write_text
 from omnibench.protocol import Doc, OmnibenchError
 from omnibench.tasks.common import SingleImageQA, answers_every_question
 
-HUB_ID = "lmms-lab/VQAv2"
 SCORED_SPLITS = ("validation",)
 TEST_SPLITS = ("testdev", "test")
+LAYOUTS = (data.Layout("lmms-lab/VQAv2 (default config)", "default", SCORED_SPLITS + TEST_SPLITS),)
+# The repository also holds the train split (most of its 45 GB), which no evaluation reads.
+_FILES = ("README.md", "data/validation-*", "data/testdev-*", "data/test-*")
+SOURCES = (
+    data.HubSource("lmms-lab/VQAv2", "32665d35052eb4a6d4414851c3c829a72754915a",
+                   "default config (validation, testdev, test; and train)", _FILES),
+    data.HubSource("lmms-lab-encoder/VQAv2", "main", "a mirror of lmms-lab/VQAv2 (what lmms-eval 0.7.3 reads)",
+                   _FILES),
+)
+COLUMNS = ("question_id", "question", "image")
 # The evaluation server's name of each test split (its phases and the official file names use these).
 SERVER_SUBSET = {"testdev": "test-dev2015", "test": "test2015"}
 
@@ -191,12 +200,19 @@ def sample_features() -> dict[str, Any]:
             "image": "image"}
 
 
+def write_sample() -> str:
+    """The built-in sample as lmms-lab/VQAv2 holds it: validation with answers, the test splits without."""
+    rows = {split: sample_rows(with_answers=split in SCORED_SPLITS) for split in SCORED_SPLITS + TEST_SPLITS}
+    return data.write_hub_layout("vqav2", {"default": rows}, data.features_from(sample_features()))
+
+
 class VQAv2(SingleImageQA):
     name = "vqav2"
     # The paper prints test-dev (scored only by the evaluation server); a val score is its own column.
     paper_column = "VQAv2(val)"
     paper_metric = "vqav2_accuracy"
     tolerances = {"vqav2_*": 0.005}
+    SOURCES = SOURCES
     ARGS = (*data.source_args("validation", SCORED_SPLITS + TEST_SPLITS),
             Arg("test_questions", str, None, "the official full test question file "
                 "(v2_OpenEnded_mscoco_test2015_questions.json), needed by split=testdev and split=test: the "
@@ -207,8 +223,10 @@ class VQAv2(SingleImageQA):
         super().__init__(**task_args)
         self.split = self.args["split"]
         self.test_questions = self.args["test_questions"]
-        self.ds, self.source = data.task_split(self.args, HUB_ID, self.split, "vqav2",
-                                               lambda: sample_rows(with_answers=self.scored), sample_features())
+        source = data.task_source(self.args, SOURCES, write_sample)
+        self.read = source.read(LAYOUTS, self.split, self.args["config"],
+                                COLUMNS + (("answers", "answer_type") if self.scored else ()))
+        self.ds = self.read.ds
         # Read now, so that a missing or wrong file stops the run before any generation.
         self.all_question_ids = [] if self.scored else self._test_question_ids()
 
