@@ -40,8 +40,7 @@ def agreement(dtype: str, device: str, preset: str) -> dict:
 
 def _agreement(adapter: OmniMambaAdapter, device: str) -> dict:
     m, requests = adapter.model, mixed_requests()
-    pixels = m.vision_backbone.preprocess([r.images[0] for r in requests])
-    feats = m.image_features({k: v.to(device) for k, v in pixels.items()})
+    feats = m.image_features(m.vision_backbone.preprocess([r.images[0] for r in requests]))
     embeds = [adapter.mmu_embeddings(r.prompt, feats[i:i + 1])[0] for i, r in enumerate(requests)]
     lengths = torch.tensor([len(e) for e in embeds], device=device)
     state, logits = m.prefill(torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True), "mmu", lengths)

@@ -30,6 +30,15 @@ class Request:
 
 
 @dataclass
+class Prepared:
+    """A request with its host-side inputs ready: preprocessed images (tensors) and prompt token ids."""
+
+    request: Request
+    pixels: list[Any]
+    ids: list[int]
+
+
+@dataclass
 class Doc:
     """A dataset row with the stable id the cache is keyed by."""
 
@@ -205,6 +214,17 @@ class ModelAdapter(abc.ABC):
 
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
         raise OmnibenchError(f"model '{self.name}' does not answer understanding tasks")
+
+    def prepare_text(self, requests: Sequence[Request]) -> list[Any]:
+        """The host-side work of `generate_text` for each request (tokenizing, image resize and
+        normalisation), one item per request, in order. The runner calls it for the next batch while
+        the device answers this one (on another thread), then `generate_prepared` on a slice of items.
+        Default: nothing to do ahead; the items are the requests."""
+        return list(requests)
+
+    def generate_prepared(self, items: Sequence[Any]) -> list[str]:
+        """`generate_text` on `prepare_text`'s items; the same answers as `generate_text` on their requests."""
+        return self.generate_text(items)
 
     def generate_images(self, requests: Sequence[Request]) -> list[Image.Image]:
         raise OmnibenchError(f"model '{self.name}' does not generate images")

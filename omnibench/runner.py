@@ -1,7 +1,13 @@
-"""The batched runner: tasks' requests through a model adapter, every finished batch on disk before the
-next starts, resumable, sharded across torchrun ranks, gathered and scored on rank 0."""
+"""The batched runner: tasks' requests through a model adapter, resumable, sharded across torchrun ranks,
+gathered and scored on rank 0.
+
+One model call is in flight at a time, on a worker thread, while the main thread builds the next batch
+(reading rows, decoding images) and does its host-side preparation (`ModelAdapter.prepare_text`: resize,
+normalise, tokenize): the device does not wait for the host between batches. A finished batch is on disk
+before the batch after the next one starts, so a crash loses at most the batch in flight."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -11,6 +17,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +83,28 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class OneAhead:
+    """At most one call in flight on a worker thread; `swap` waits for the call in flight (raising what it
+    raised), starts the next, and returns what the finished one was carrying with its result, so that the
+    caller writes batch i while batch i + 1 runs."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._job: tuple[Future, Any] | None = None
+
+    def swap(self, fn: Callable[[], Any] | None, carry: Any = None) -> tuple[Any, Any] | None:
+        previous, self._job = self._job, None
+        result = previous[0].result() if previous is not None else None
+        if fn is not None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model")
+            self._job = (self._pool.submit(fn), carry)
+        return (previous[1], result) if previous is not None else None
+
+    def busy(self) -> bool:
+        return self._job is not None
+
+
 def limit_count(total: int, limit: float | None) -> int:
     """How many of a task's `total` docs `--limit` keeps (the first ones)."""
     if limit is None:
@@ -132,6 +161,7 @@ class Runner:
         self._replaced: Path | None = None
         # Samples per model call; with --batch_size auto, halved for the rest of the run on out-of-memory.
         # It is in no sample's identity: a request's answer does not depend on the batch it was in.
+        self.ahead = OneAhead()
         self.auto_batch = cfg.batch_size == "auto"
         self.batch_size = AUTO_BATCH_CAP if self.auto_batch else int(cfg.batch_size)
         self._batch_logged = False
@@ -241,7 +271,8 @@ class Runner:
         if any(docs.ids[i] not in done for i in mine):
             self.model  # load before the progress bar starts, so a load error prints alone
         start = time.perf_counter()
-        with tqdm(total=len(mine), desc=task.name, unit="sample", disable=self.rank != 0 or not mine) as bar:
+        with tqdm(total=len(mine), desc=task.name, unit="sample", disable=self.rank != 0 or not mine) as bar, \
+                self._finishing(cache, bar):
             for i in mine:
                 doc = docs[i]
                 old = done.get(doc.doc_id)
@@ -280,6 +311,7 @@ class Runner:
                     ready = []
             self._flush(task, pending, ready, cache, scoring, bar)
             stats.generated += len(pending)
+            self._save_finished(self.ahead.swap(None), cache, bar)
         seconds = time.perf_counter() - start
         if mine:
             log.info(("" if self.world == 1 else f"[rank {self.rank}] ") + stats.line(task.name))
@@ -303,18 +335,45 @@ class Runner:
 
     def _flush(self, task: Task, pending: list[tuple[int, Doc, Request, str]], ready: list[dict[str, Any]],
                cache: SampleCache, scoring: str, bar: tqdm) -> None:
+        """Records that need no model call go to disk now; a batch of requests is prepared here (host
+        side) and sent to the worker, and the batch it finished before is written."""
+        self._save(ready, cache)
         if pending:
-            ready = ready + self._run_batch(task, pending, scoring)
-        if ready and not (self.dir / "run.json").exists():
+            reqs = [req for _, _, req, _ in pending]
+            items = reqs if task.output_type == "image" else self.model.prepare_text(reqs)
+            finished = self.ahead.swap(lambda: self._run_batch(task, pending, items, scoring), len(pending))
+            self._save_finished(finished, cache, bar)
+
+    def _save_finished(self, finished: tuple[int, list[dict[str, Any]]] | None, cache: SampleCache, bar: tqdm) -> None:
+        if finished is not None:
+            count, records = finished
+            self._save(records, cache)
+            bar.update(count)
+
+    def _save(self, records: list[dict[str, Any]], cache: SampleCache) -> None:
+        if records and not (self.dir / "run.json").exists():
             # The folder's identity is written with its first sample, so a run that fails before it
             # produces anything leaves nothing behind.
             atomic_write_text(self.dir / "run.json", json.dumps(self._identity(), indent=2, sort_keys=True) + "\n")
-        cache.append(ready)
-        bar.update(len(pending))
+        cache.append(records)
 
-    def _run_batch(self, task: Task, batch: list[tuple[int, Doc, Request, str]], scoring: str) -> list[dict[str, Any]]:
-        reqs = [req for _, _, req, _ in batch]
-        outputs = self._answer(task, reqs)
+    @contextlib.contextmanager
+    def _finishing(self, cache: SampleCache, bar: tqdm):
+        """If the main thread fails while a batch is in flight, that batch is still waited for and saved
+        (unless it failed too) before the error goes on."""
+        try:
+            yield
+        except BaseException:
+            if self.ahead.busy():
+                try:
+                    self._save_finished(self.ahead.swap(None), cache, bar)
+                except Exception:
+                    pass  # the first error is the one reported
+            raise
+
+    def _run_batch(self, task: Task, batch: list[tuple[int, Doc, Request, str]], items: list[Any],
+                   scoring: str) -> list[dict[str, Any]]:
+        outputs = self._answer(task, items)
         records = []
         for (i, doc, req, sha), output in zip(batch, outputs):
             extra = {}
@@ -323,8 +382,8 @@ class Runner:
             records.append({**self._record(task, doc, i, req.prompt, output, None, sha, scoring), **extra})
         return records
 
-    def _answer(self, task: Task, reqs: list[Request]) -> list[Any]:
-        """The model's outputs for `reqs`, `self.batch_size` at a time. With --batch_size auto, a call that
+    def _answer(self, task: Task, reqs: list[Any]) -> list[Any]:
+        """The model's outputs for `reqs` (requests, or their prepared items), `self.batch_size` at a time. With --batch_size auto, a call that
         runs out of memory is redone in halves, and the smaller size kept for the rest of the run (as
         accelerate's find_executable_batch_size does); otherwise it stops the run in one line."""
         outputs: list[Any] = []
@@ -346,16 +405,16 @@ class Runner:
             log.info(f"--batch_size auto: out of memory at {len(chunk)} samples per batch; trying {self.batch_size}")
         return outputs
 
-    def _call_model(self, task: Task, chunk: list[Request]) -> list[Any] | None:
+    def _call_model(self, task: Task, chunk: list[Any]) -> list[Any] | None:
         """The model's outputs, or None when the call ran out of memory and a smaller batch may fit."""
         try:
-            return self.model.generate_images(chunk) if task.output_type == "image" else self.model.generate_text(chunk)
+            return self.model.generate_images(chunk) if task.output_type == "image" else self.model.generate_prepared(chunk)
         except Exception as exc:
             if not _out_of_memory(exc):
                 raise
             if not self.auto_batch or len(chunk) == 1:
                 raise OmnibenchError(f"out of memory on a batch of {len(chunk)} {task.name} samples (first: "
-                                     f"{chunk[0].sample_id}): finished samples are saved; re-run with a smaller "
+                                     f"{getattr(chunk[0], 'request', chunk[0]).sample_id}): finished samples are saved; re-run with a smaller "
                                      f"--batch_size and --resume") from exc
             return None
 

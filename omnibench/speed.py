@@ -507,13 +507,23 @@ def _inception_architecture(device: str):
 def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -> dict[str, Any]:
     """Samples per second of `generate_text` over `cfg.eval_samples` requests of `workload`'s shape in
     batches of `cfg.eval_batch`, sorted by prompt length as the runner sends them: one untimed pass over
-    every batch (each batch shape warmed), then one timed pass (preprocessing of the images included)."""
+    every batch (each batch shape warmed), then one timed pass (preprocessing of the images included,
+    overlapped with the model's work as in the runner)."""
+    from omnibench.runner import OneAhead
+
     requests = sorted(eval_requests(workload, cfg.eval_samples), key=lambda r: len(r.prompt))
     batches = [requests[i:i + cfg.eval_batch] for i in range(0, len(requests), cfg.eval_batch)]
     timer = Timer(cfg.device)
 
     def run() -> int:
-        return sum(len(adapter.generate_text(b)) for b in batches)
+        """As the runner sends them: the host prepares batch i + 1 while the model answers batch i."""
+        ahead, answered = OneAhead(), 0
+        for batch in batches:
+            items = adapter.prepare_text(batch)
+            finished = ahead.swap(lambda items=items: adapter.generate_prepared(items))
+            answered += len(finished[1]) if finished else 0
+        finished = ahead.swap(None)
+        return answered + (len(finished[1]) if finished else 0)
     try:
         run()
         if cfg.device.startswith("cuda"):

@@ -287,3 +287,56 @@ def test_lmms_eval_vocabulary_task_names_gen_kwargs_and_samples_suffix(tmp_path,
     assert again["timing"]["pope"]["generated"] == 6 and again["timing"]["pope"]["cached"] == 0
     assert main(["--tasks", "list"]) == 0
     assert "mmmu_val = mmmu split=validation" in capsys.readouterr().out
+
+
+class Overlapping(ModelAdapter):
+    """Its first batch does not finish until the runner has prepared the next one: a runner that does the
+    host-side work of batch i + 1 only after batch i (the device idle meanwhile) never sets the event."""
+    name = "overlapping"
+
+    def __init__(self):
+        super().__init__()
+        import threading
+        self.prepared, self.next_prepared = [], threading.Event()
+        self.threads = set()
+
+    def prepare_text(self, requests):
+        import threading
+        self.prepared.append([r.sample_id for r in requests])
+        self.threads.add(("prepare", threading.current_thread().name))
+        if len(self.prepared) == 2:
+            self.next_prepared.set()
+        return [("ready", r) for r in requests]
+
+    def generate_prepared(self, items):
+        import threading
+        self.threads.add(("generate", threading.current_thread().name))
+        assert all(tag == "ready" for tag, _ in items)  # what prepare_text made, not raw requests
+        if len(self.prepared) == 1:
+            assert self.next_prepared.wait(timeout=60), "batch 2 was not prepared while batch 1 ran"
+        return ["yes" for _ in items]
+
+
+def test_next_batch_is_prepared_on_the_host_while_the_model_answers_this_one(tmp_path):
+    model = Overlapping()
+    out = Runner(pope_cfg(tmp_path, batch_size=2), lambda: model).run()
+    assert out["n_samples"]["pope"] == {"total": 6, "failed": 0, "available": 6}
+    assert [len(b) for b in model.prepared] == [2, 2, 2]
+    generate_threads = {t for kind, t in model.threads if kind == "generate"}
+    prepare_threads = {t for kind, t in model.threads if kind == "prepare"}
+    assert generate_threads.isdisjoint(prepare_threads)  # the model call runs on its own worker thread
+
+
+class FailsOnThirdBatch(FixedAnswers):
+    def generate_text(self, requests):
+        if len(self.seen) >= 4:
+            raise RuntimeError("device lost")
+        return super().generate_text(requests)
+
+
+def test_a_model_error_in_flight_keeps_every_batch_finished_before_it(tmp_path):
+    with pytest.raises(RuntimeError, match="device lost"):
+        Runner(pope_cfg(tmp_path, batch_size=2), FailsOnThirdBatch).run()
+    model = FixedAnswers()
+    out = Runner(pope_cfg(tmp_path, batch_size=2, resume=True), lambda: model).run()
+    assert len(model.seen) == 2 and out["n_samples"]["pope"]["total"] == 6  # only the failed batch again

@@ -407,6 +407,22 @@ def test_modes_pick_the_decode_path(adapter):
     assert OmniMambaAdapter(preset="tiny", fused_decode="false").model.use_fused_decode is False
 
 
+def test_images_are_resized_once_on_the_host_and_normalised_per_tower_as_timm_does():
+    """Host: one bicubic resize to uint8; device: x / 255, minus mean, over std in float32 for each tower,
+    bit for bit what timm's ToTensor + Normalize give on the resized image."""
+    import numpy as np
+    from PIL import Image
+    from omnibench.models.omnimamba.vision import (DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD, normalised,
+                                                   resized)
+    img = drawn_image(4, size=50).resize((61, 47))
+    pixels = resized(img, 28)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 28, 28)
+    ref_resized = np.asarray(img.resize((28, 28), Image.BICUBIC), dtype=np.float32) / 255.0
+    for mean, std in ((DINO_MEAN, DINO_STD), (SIGLIP_MEAN, SIGLIP_STD)):
+        ref = torch.from_numpy((ref_resized - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).permute(2, 0, 1)
+        assert torch.equal(normalised(pixels[None], mean, std)[0], ref)
+
+
 def test_siglip_tower_uses_the_exact_erf_gelu_as_upstream_timm():
     """timm's vit_so400m_patch14_siglip_384 (upstream's tower) has nn.GELU(): erf, not tanh. On x = 1 the
     two differ by 1.5e-4, far above float64 rounding: an MLP made an identity around its activation shows it."""

@@ -193,7 +193,8 @@ class CostlyFirstCall(ModelAdapter, SpeedProtocol):
 
     def __init__(self, clock):
         super().__init__()
-        self.clock, self.seen, self.sdpa_cudnn = clock, set(), []
+        import threading
+        self.clock, self.seen, self.sdpa_cudnn, self.lock = clock, set(), [], threading.Lock()
 
     def _cost(self, key):
         self.clock.t += 1.0 if key in self.seen else 100.0
@@ -213,7 +214,8 @@ class CostlyFirstCall(ModelAdapter, SpeedProtocol):
         return [Image.new("RGB", (8, 8)) for _ in requests]
 
     def generate_text(self, requests):
-        self._cost(("text", len(requests), max(len(r.prompt) for r in requests)))
+        with self.lock:  # the sweep's worker thread calls this; the fake clock is shared
+            self._cost(("text", len(requests), max(len(r.prompt) for r in requests)))
         return ["yes"] * len(requests)
 
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
+from omnibench.protocol import ModelAdapter, Prepared, Request, SpeedProtocol, random_weights_warning
 
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
 from omnibench.models.common.presets import PRESET_ARG, mode_arg
@@ -156,17 +156,24 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
     # -- understanding --
-    def mmu_inputs(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prepare_text(self, requests: Sequence[Request]) -> list[Prepared]:
+        """Host side: every image preprocessed, the chat prompt (one <image_placeholder> line per image)
+        tokenized."""
+        return [Prepared(r, [preprocess(img, self.processing) for img in r.images],
+                         self.encode(sft_prompt("".join(f"{IMAGE_TAG}\n" for _ in r.images) + r.prompt,
+                                                self.system_prompt)))
+                for r in requests]
+
+    def mmu_inputs(self, requests: Sequence[Request] | Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids (B, L), attention mask (B, L) and input embeddings (B, L, D) -- `prefill`'s
         arguments: the chat prompt with each image's placeholder expanded to <begin_of_image> + n x
         <image_placeholder> + <end_of_image>, whose embeddings (<begin_of_image> and the placeholders) are
         then replaced by the image embeddings."""
+        items = requests if requests and isinstance(requests[0], Prepared) else self.prepare_text(requests)
         rows, slots = [], []
-        for req in requests:
-            user = "".join(f"{IMAGE_TAG}\n" for _ in req.images) + req.prompt
-            ids = self.encode(sft_prompt(user, self.system_prompt))
+        for p in items:
             row, slot = [], []
-            for t in ids:
+            for t in p.ids:
                 if t == self.ids[IMAGE_TAG]:
                     slot.append(len(row))
                     row += [self.ids[BOI_TAG]] + [t] * self.num_image_tokens + [self.ids[EOI_TAG]]
@@ -178,9 +185,9 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self._device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self._device)
         embeds = self._embed(ids)
-        images = [img for req in requests for img in req.images]
+        images = [px for p in items for px in p.pixels]
         if images:
-            pixels = torch.stack([preprocess(img, self.processing) for img in images]).to(self._device)
+            pixels = torch.stack(images).to(self._device)
             feats = self.model.image_embeddings(pixels).to(embeds.dtype)
             k = 0
             for i, (row, slot) in enumerate(zip(rows, slots)):
@@ -229,10 +236,13 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
                 "attention": self.model.language_model.config._attn_implementation,
                 "cache": "static KV cache" if best else "dynamic KV cache (transformers)"}
 
-    @torch.inference_mode()
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
-        limits = token_limits(requests, 512)  # README: 512
-        state = self.prefill(*self.mmu_inputs(requests), max_new_tokens=max(limits))
+        return self.generate_prepared(self.prepare_text(requests))
+
+    @torch.inference_mode()
+    def generate_prepared(self, items: Sequence[Prepared]) -> list[str]:
+        limits = token_limits([p.request for p in items], 512)  # README: 512
+        state = self.prefill(*self.mmu_inputs(items), max_new_tokens=max(limits))
         tokens = greedy(state.logits, lambda token: self.decode_step(state, token), {self.eos_id}, max(limits))
         return decode_answers(self.tokenizer, tokens, limits, {self.eos_id})
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
+from omnibench.protocol import ModelAdapter, Prepared, Request, SpeedProtocol, random_weights_warning
 
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
 from omnibench.models.common.presets import PRESET_ARG, mode_arg
@@ -26,6 +26,7 @@ from omnibench.models.common.dtypes import resolve_dtype
 
 from .checkpoint import add_task_tokens, from_pretrained, random_full, tiny_base_tokenizer, tiny_checkpoint
 from .modeling_omnimamba import DecodeState, OmniMamba
+from .vision import resized
 
 DEFAULT_PRETRAINED = "hustvl/OmniMamba"
 NULL_CAPTION = "A picture"  # upstream MSCOCOFeatureDataset.null_prompt
@@ -122,30 +123,40 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         """The question in the chosen template, tokenized (GPT-NeoX adds no BOS)."""
         return self.tokenizer(mmu_prompt(question, self.args["prompt"])).input_ids
 
-    def mmu_embeddings(self, prompt: str, image_features: torch.Tensor | None) -> torch.Tensor:
-        """[MMU][SOI] <729 image features> [EOI][SOT] prompt, plus MMU positions: (1, l, d)."""
+    def mmu_embeddings(self, prompt: str | list[int], image_features: torch.Tensor | None) -> torch.Tensor:
+        """[MMU][SOI] <729 image features> [EOI][SOT] prompt, plus MMU positions: (1, l, d). `prompt`: the
+        question, or its ids from `mmu_text_ids`."""
         m = self.model
         if image_features is None:  # upstream's text-only layout: zeros where the image would be
             image_features = torch.zeros(1, m.config.vision.num_patches, m.config.d_model, device=self._device)
-        text = self.mmu_text_ids(prompt)
+        text = self.mmu_text_ids(prompt) if isinstance(prompt, str) else prompt
         head = m.text_embeddings(self._ids([self.ids["mmu"], self.ids["soi"]]))
         tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
         return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
 
-    @torch.inference_mode()
+    def prepare_text(self, requests: Sequence[Request]) -> list[Prepared]:
+        """Host side: the first image resized (uint8), the prompt tokenized."""
+        s = self.model.config.vision.image_size
+        return [Prepared(r, [resized(r.images[0], s)] if r.images else [], self.mmu_text_ids(r.prompt))
+                for r in requests]
+
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
+        return self.generate_prepared(self.prepare_text(requests))
+
+    @torch.inference_mode()
+    def generate_prepared(self, items: Sequence[Prepared]) -> list[str]:
         m = self.model
-        with_image = [i for i, r in enumerate(requests) if r.images]
+        with_image = [i for i, p in enumerate(items) if p.pixels]
         feats: dict[int, torch.Tensor] = {}
         if with_image:  # one image per request (the first), as upstream
-            pixels = m.vision_backbone.preprocess([requests[i].images[0] for i in with_image])
-            out = m.image_features({k: v.to(self._device) for k, v in pixels.items()})
+            out = m.image_features(torch.stack([items[i].pixels[0] for i in with_image]))
             feats = {i: out[j: j + 1] for j, i in enumerate(with_image)}
         # One prefill for the batch: prompts right-padded, each read to its own length (the padding
         # neither reaches a prompt's outputs nor changes its state; Mamba2Mixer.forward), then one decode.
-        embeds = [self.mmu_embeddings(r.prompt, feats.get(i))[0] for i, r in enumerate(requests)]
+        embeds = [self.mmu_embeddings(p.ids, feats.get(i))[0] for i, p in enumerate(items)]
         lengths = torch.tensor([len(e) for e in embeds], device=self._device)
         state, first = m.prefill(torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True), "mmu", lengths)
+        requests = [p.request for p in items]
         limits = token_limits(requests, 1024)
         tokens = greedy(first, lambda token: self.decode_step(state, token), self.stop_ids, max(limits))
         return decode_answers(self.tokenizer, tokens, limits, self.stop_ids)

@@ -425,9 +425,9 @@ class OmniMamba(nn.Module):
     def text_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.backbone.embedding(ids)
 
-    def image_features(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(b, 729, d_model) understanding features of preprocessed images."""
-        feats = self.vision_backbone(pixels)
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 729, d_model) understanding features of preprocessed (resized uint8) images."""
+        feats = self.vision_backbone(pixels.to(self.lm.backbone.embedding.weight.device, non_blocking=True))
         return self.projector(feats.to(self.projector.projector[0].weight.dtype))
 
     def caption_embeddings(self, ids: torch.Tensor) -> torch.Tensor:

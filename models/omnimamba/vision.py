@@ -42,10 +42,18 @@ class VisionConfig:
         return self.dino_width + self.siglip_width
 
 
-def _pixels(img: Image.Image, size: int, mean, std) -> torch.Tensor:
-    arr = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1)
+def resized(img: Image.Image, size: int) -> torch.Tensor:
+    """The square bicubic resize both towers' transforms start with, as uint8 (3, size, size): the
+    host-side part of preprocessing (rescale and normalisation run on the device, in float32)."""
+    arr = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def normalised(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """timm's ToTensor + Normalize on uint8 (b, 3, s, s): x / 255, minus mean, over std, in float32."""
+    m = torch.tensor(mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32, device=pixels.device)[:, None, None]
+    return (pixels.float() / 255.0 - m) / s
 
 
 class DinoSigLIPBackbone(nn.Module):
@@ -69,15 +77,16 @@ class DinoSigLIPBackbone(nn.Module):
         with torch.no_grad():  # timm's layout has no position for the cls token: keep HF's cls row at 0
             self.dino_featurizer.embeddings.position_embeddings[:, :1].zero_()
 
-    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        s = self.config.image_size
-        return {"dino": torch.stack([_pixels(i, s, DINO_MEAN, DINO_STD) for i in images]),
-                "siglip": torch.stack([_pixels(i, s, SIGLIP_MEAN, SIGLIP_STD) for i in images])}
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """uint8 (b, 3, s, s): each image resized once; both towers normalise it their own way in `forward`."""
+        return torch.stack([resized(i, self.config.image_size) for i in images])
 
-    def forward(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         dtype = self.dino_featurizer.embeddings.cls_token.dtype
-        dino = self.dino_featurizer(pixel_values=pixels["dino"].to(dtype), output_hidden_states=True)
-        siglip = self.siglip_featurizer(pixel_values=pixels["siglip"].to(dtype), output_hidden_states=True)
+        dino_in, siglip_in = (normalised(pixels, DINO_MEAN, DINO_STD).to(dtype),
+                              normalised(pixels, SIGLIP_MEAN, SIGLIP_STD).to(dtype))
+        dino = self.dino_featurizer(pixel_values=dino_in, output_hidden_states=True)
+        siglip = self.siglip_featurizer(pixel_values=siglip_in, output_hidden_states=True)
         prefix = 1 + self.config.dino_registers
         return torch.cat([dino.hidden_states[-2][:, prefix:], siglip.hidden_states[-2]], dim=2)
 

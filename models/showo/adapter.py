@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from omnibench.args import Arg
-from omnibench.protocol import ModelAdapter, Request, SpeedProtocol, random_weights_warning
+from omnibench.protocol import ModelAdapter, Prepared, Request, SpeedProtocol, random_weights_warning
 
 from omnibench.models.common.decode import decode_answers, greedy, token_limits
 from omnibench.models.common.presets import PRESET_ARG, mode_arg
@@ -134,21 +134,27 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         return torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self._device)
 
     # -- understanding --
-    def mmu_ids(self, requests: Sequence[Request]) -> torch.Tensor:
+    def prepare_text(self, requests: Sequence[Request]) -> list[Prepared]:
+        """Host side: the first image transformed to pixels, the question tokenized."""
+        return [Prepared(r, [image_transform(r.images[0], self.resolution)] if r.images else [],
+                         self.tokenizer(mmu_question(r.prompt), add_special_tokens=False)["input_ids"])
+                for r in requests]
+
+    def mmu_ids(self, requests: Sequence[Request] | Sequence[Prepared]) -> torch.Tensor:
         """[<|mmu|>, <|soi|>, image tokens, <|eoi|>, <|sot|>] + tok("USER: \\n{q} ASSISTANT:"), left-padded.
         Show-o reads one image: the first; a request without one gets no image segment."""
-        with_image = [i for i, r in enumerate(requests) if r.images]
+        items = requests if requests and isinstance(requests[0], Prepared) else self.prepare_text(requests)
+        with_image = [i for i, p in enumerate(items) if p.pixels]
         codes = {}
         if with_image:
-            pixels = torch.stack([image_transform(requests[i].images[0], self.resolution) for i in with_image])
+            pixels = torch.stack([items[i].pixels[0] for i in with_image])
             for i, c in zip(with_image, self.vq.get_code(pixels.to(self._device)).tolist()):
                 codes[i] = c
         rows = []
-        for i, req in enumerate(requests):
-            text = self.tokenizer(mmu_question(req.prompt), add_special_tokens=False)["input_ids"]
+        for i, p in enumerate(items):
             image = ([self.sp["<|soi|>"]] + [c + self.cfg.image_offset for c in codes[i]] + [self.sp["<|eoi|>"]]
                      if i in codes else [])
-            rows.append([self.sp["<|mmu|>"]] + image + [self.bos_id] + text)
+            rows.append([self.sp["<|mmu|>"]] + image + [self.bos_id] + p.ids)
         return self._left_pad(rows)
 
     def _positions(self, ids: torch.Tensor) -> torch.Tensor:
@@ -199,10 +205,13 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         mask = mmu_attention_mask(ids, self.pad_id, self.sp["<|eoi|>"])
         return self.model.logits(self.model.hidden(ids, mask, self._positions(ids)))[:, -1]
 
-    @torch.inference_mode()
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
-        limits = token_limits(requests, 100)  # greedy, as upstream's top_k=1
-        state = self.prefill(self.mmu_ids(requests), max_new_tokens=max(limits))
+        return self.generate_prepared(self.prepare_text(requests))
+
+    @torch.inference_mode()
+    def generate_prepared(self, items: Sequence[Prepared]) -> list[str]:
+        limits = token_limits([p.request for p in items], 100)  # greedy, as upstream's top_k=1
+        state = self.prefill(self.mmu_ids(items), max_new_tokens=max(limits))
         tokens = greedy(state.logits, lambda token: self.decode_step(state, token), {self.eos_id}, max(limits))
         return decode_answers(self.tokenizer, tokens, limits, {self.eos_id})
 
