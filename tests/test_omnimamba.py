@@ -121,6 +121,37 @@ def test_fused_norm_gemv_kernels_equal_the_unfused_ops():
     assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
 
 
+_CONV_CHECK = """
+import torch
+from omnibench.models.omnimamba.modeling_omnimamba import causal_conv1d_silu
+from omnibench.models.omnimamba.ssd import conv1d_triton
+torch.manual_seed(0)
+worst = 0.0
+for b, l, c in ((2, 37, 200), (1, 3, 130), (3, 70, 64)):
+    proj = torch.randn(b, l, c + 50)  # the conv input is a strided slice of a wider projection
+    x = proj[..., 10:10 + c]
+    w, bias = torch.randn(c, 1, 4), torch.randn(c)
+    out = conv1d_triton(x.transpose(1, 2), w.squeeze(1), bias).transpose(1, 2)
+    assert out.shape == (b, l, c) and out.is_contiguous()
+    worst = max(worst, (out - causal_conv1d_silu(x, w, bias)).abs().max().item())
+print(worst)
+"""
+
+
+def test_triton_prefill_conv_equals_the_pytorch_conv():
+    """The Triton prefill conv (used where causal-conv1d's CUDA extension is not built), run by Triton's
+    CPU interpreter, against the PyTorch path: strided input, lengths shorter than the window, and
+    channel counts that are not a multiple of the tile."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    run = subprocess.run([sys.executable, "-c", _CONV_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+
+
 def test_chunked_causal_conv_equals_one_pass_and_the_torch_conv():
     from omnibench.models.omnimamba.modeling_omnimamba import causal_conv1d_silu
 

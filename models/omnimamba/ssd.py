@@ -107,7 +107,8 @@ def kernels() -> SimpleNamespace:
         causal_conv1d_fn = causal_conv1d_update = None
     return SimpleNamespace(chunk_scan=mamba_chunk_scan_combined, state_update=selective_state_update,
                            add_rms_norm=layer_norm_fn, gated_rms_norm=rmsnorm_fn,
-                           conv1d_fn=causal_conv1d_fn, conv1d_update=causal_conv1d_update or conv_update_triton)
+                           conv1d_fn=causal_conv1d_fn or conv1d_triton,
+                           conv1d_update=causal_conv1d_update or conv_update_triton)
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,6 +155,55 @@ def conv_update_triton(x, conv_state, weight, bias, activation="silu"):
         x, conv_state, weight.contiguous(), bias, out, c, x.stride(0), conv_state.stride(0), out.stride(0),
         BLOCK=block)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_fwd_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def conv_fwd(x_ptr, w_ptr, bias_ptr, out_ptr, length, channels, sxb, sxc, sxl, sob, soc, sol,
+                 K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+        # Depthwise causal conv of a (BLOCK_L x BLOCK_C) tile: bias + sum_k w[k] x[t - K + 1 + k], in
+        # fp32 (k in order, as causal-conv1d sums), then SiLU, rounded once to the output dtype.
+        b = tl.program_id(0)
+        ts = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+        cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cs < channels
+        acc = tl.zeros((BLOCK_L, BLOCK_C), dtype=tl.float32)
+        acc += tl.load(bias_ptr + cs, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        for k in tl.static_range(K):
+            t = ts - (K - 1) + k
+            m = ((t >= 0) & (t < length))[:, None] & cmask[None, :]
+            xv = tl.load(x_ptr + b * sxb + t[:, None] * sxl + cs[None, :] * sxc, mask=m, other=0.0)
+            wv = tl.load(w_ptr + cs * K + k, mask=cmask, other=0.0).to(tl.float32)
+            acc += xv.to(tl.float32) * wv[None, :]
+        acc = acc * tl.sigmoid(acc)
+        omask = (ts < length)[:, None] & cmask[None, :]
+        tl.store(out_ptr + b * sob + ts[:, None] * sol + cs[None, :] * soc, acc.to(out_ptr.dtype.element_ty),
+                 mask=omask)
+
+    return conv_fwd
+
+
+def conv1d_triton(x, weight, bias, activation="silu"):
+    """causal-conv1d's `causal_conv1d_fn` (SiLU) as one Triton kernel, for machines where causal-conv1d's
+    CUDA extension is not built: x (b, c, l) of any strides (a transposed (b, l, c) slice of the input
+    projection), weight (c, k). Returns (b, c, l) laid out as (b, l, c), which the caller transposes back."""
+    assert activation == "silu"
+    b, c, length = x.shape
+    k = weight.shape[-1]
+    out = torch.empty(b, length, c, device=x.device, dtype=x.dtype).transpose(1, 2)
+    block_l, block_c = 32, 128
+    _conv_fwd_kernel()[(b, triton_cdiv(length, block_l), triton_cdiv(c, block_c))](
+        x, weight.contiguous(), bias, out, length, c, x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), K=k, BLOCK_L=block_l, BLOCK_C=block_c)
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
 
 
 def use_kernels(device: torch.device) -> bool:
