@@ -80,7 +80,8 @@ def classify_attention(kernel_names: Sequence[str]) -> str:
     found = []
     for label, markers in _ATTENTION_MARKERS:
         hits = [k for k in lowered if any(m in k for m in markers)
-                and (label != "cudnn" or any(w in k for w in ("sdpa", "fprop", "attention", "fmha", "flash")))]
+                # cuDNN's convolutions are named *_cudnn too (VQ and VAE decoders): its attention says sdpa
+                and (label != "cudnn" or any(w in k for w in ("sdpa", "attention", "fmha", "flash")))]
         if hits:
             found.append(label)
             lowered = [k for k in lowered if k not in hits]

@@ -264,6 +264,9 @@ def test_as_published_runs_sdpa_without_cudnn_and_its_cudnn_row_with_it(tmp_path
     (["void flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>, true>"], "flash-attn"),
     (["void (anonymous namespace)::softmax_warp_forward<c10::BFloat16>", "sm90_xmma_gemm_bf16bf16"], "math"),
     (["_state_update_kernel", "_causal_conv1d_update_kernel", "gemv2T_kernel_val"], "none"),
+    # a VQ decoder's convolution through cuDNN is not attention; its attention block's softmax is
+    (["sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_kernel__5x_cudnn",
+      "void (anonymous namespace)::softmax_warp_forward<float, float, float, 8, false, false>"], "math"),
 ])
 def test_attention_backend_is_read_off_the_kernel_names(names, label):
     from omnibench.speed import classify_attention
