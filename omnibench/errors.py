@@ -42,3 +42,20 @@ def cli_main(run: Callable[[], int], verbosity: str = "INFO") -> int:
         print(f"error: {type(exc).__name__}: {_one_line(str(exc))} "
               "(unexpected; re-run with --verbosity DEBUG for the traceback)", file=sys.stderr)
         return 1
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or another framework's out-of-memory RuntimeError."""
+    import torch
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_accelerator_memory() -> None:
+    """What a failed call left allocated goes back before the next one runs."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+

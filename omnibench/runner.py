@@ -27,6 +27,7 @@ from tqdm import tqdm
 from omnibench import dist, identity, lmms_results, registry
 from omnibench.cache import SampleCache, atomic_write_text
 from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
+from omnibench.errors import free_accelerator_memory, is_out_of_memory
 from omnibench.manifest import build_manifest
 from omnibench.protocol import Doc, Docs, ModelAdapter, OmnibenchError, Request, Task
 
@@ -65,22 +66,6 @@ def sample_seed(seed: int, sample_id: str) -> int:
     """Per-sample seed: the same image for a sample whatever its batch or rank, so resume is exact."""
     import hashlib
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:4], "little")
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, or another framework's out-of-memory RuntimeError."""
-    import torch
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _free_accelerator_memory() -> None:
-    """What a failed batch left allocated goes back before the smaller batch runs."""
-    import gc
-
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class OneAhead:
@@ -401,7 +386,7 @@ class Runner:
                     self._batch_logged = True
                 continue
             # Out of memory: freed outside the `except`, once its traceback no longer holds the batch.
-            _free_accelerator_memory()
+            free_accelerator_memory()
             self.batch_size, self._batch_logged = len(chunk) // 2, False
             log.info(f"--batch_size auto: out of memory at {len(chunk)} samples per batch; trying {self.batch_size}")
         return outputs
@@ -411,7 +396,7 @@ class Runner:
         try:
             return self.model.generate_images(chunk) if task.output_type == "image" else self.model.generate_prepared(chunk)
         except Exception as exc:
-            if not _out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             if not self.auto_batch or len(chunk) == 1:
                 raise OmnibenchError(f"out of memory on a batch of {len(chunk)} {task.name} samples (first: "

@@ -23,7 +23,6 @@ token ids of the exact length (the adapter's `speed_context(length)` when it has
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import statistics
@@ -35,6 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from omnibench.config import scoped_args
+from omnibench.errors import free_accelerator_memory, is_out_of_memory
 from omnibench.protocol import ModelAdapter, OmnibenchError, Request, SpeedProtocol
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 23552, 32768, 65536, 100000)
@@ -179,14 +179,20 @@ def gpu_name(device: str) -> str | None:
     return None
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+_is_oom, _free = is_out_of_memory, free_accelerator_memory
 
 
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _guarded(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A point's measurement, or its status: `unsupported` (the model says it cannot) or `oom`."""
+    try:
+        return measure()
+    except OmnibenchError as exc:
+        return {"status": "unsupported", "reason": str(exc)}
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        _free()
+        return {"status": "oom", "reason": str(exc).splitlines()[0][:160]}
 
 
 class _Timeout(Exception):
@@ -432,7 +438,8 @@ def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, An
     prompt = image_gen_prompt()
     requests = [Request(f"speed_{i}", prompt, seed=i) for i in range(cfg.image_batch)]
     timer = Timer(cfg.device)
-    try:
+
+    def measure() -> dict[str, Any]:
         adapter.generate_images(requests)  # warm-up at the timed batch: compile, graphs, allocator
         if cfg.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -440,20 +447,14 @@ def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, An
         for _ in range(max(1, cfg.repeats)):
             images, s = timer(lambda: adapter.generate_images(requests))
             seconds.append(s)
-        backend = attention_used(lambda: adapter.generate_images(requests), cfg.device)
-    except OmnibenchError as exc:
-        return {"status": "unsupported", "reason": str(exc)}
-    except Exception as exc:
-        if not _is_oom(exc):
-            raise
-        _free()
-        return {"status": "oom", "reason": str(exc).splitlines()[0][:160]}
-    total = statistics.median(seconds)
-    out = {"status": "ok", "batch": len(images), "total_seconds": total, "calls_timed": len(seconds),
-           "images_per_second": len(images) / total, "image_size": list(images[0].size), **backend}
-    if cfg.device.startswith("cuda"):
-        out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
-    return out
+        total = statistics.median(seconds)
+        out = {"status": "ok", "batch": len(images), "total_seconds": total, "calls_timed": len(seconds),
+               "images_per_second": len(images) / total, "image_size": list(images[0].size),
+               **attention_used(lambda: adapter.generate_images(requests), cfg.device)}
+        if cfg.device.startswith("cuda"):
+            out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
+        return out
+    return _guarded(measure)
 
 
 def eval_requests(workload: str, n: int) -> list[Request]:
@@ -525,29 +526,25 @@ def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -
         ahead, answered = OneAhead(), 0
         for batch in batches:
             items = adapter.prepare_text(batch)
-            finished = ahead.swap(lambda items=items: adapter.generate_prepared(items))
+            finished = ahead.swap(None)  # the batch in flight ends (the runner writes it here)
             answered += len(finished[1]) if finished else 0
+            ahead.swap(lambda items=items: adapter.generate_prepared(items))
         finished = ahead.swap(None)
         return answered + (len(finished[1]) if finished else 0)
-    try:
+
+    def measure() -> dict[str, Any]:
         run()
         if cfg.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         answered, seconds = timer(run)
-    except OmnibenchError as exc:
-        return {"status": "unsupported", "reason": str(exc)}
-    except Exception as exc:
-        if not _is_oom(exc):
-            raise
-        _free()
-        return {"status": "oom", "reason": str(exc).splitlines()[0][:160]}
-    tokens = [int(r.gen_kwargs.get("max_new_tokens", 0)) for r in requests]
-    out = {"status": "ok", "samples": answered, "batch": cfg.eval_batch, "total_seconds": seconds,
-           "samples_per_second": answered / seconds, "max_new_tokens": max(tokens),
-           "image_size": list(requests[0].images[0].size) if requests[0].images else None}
-    if cfg.device.startswith("cuda"):
-        out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
-    return out
+        tokens = [int(r.gen_kwargs.get("max_new_tokens", 0)) for r in requests]
+        out = {"status": "ok", "samples": answered, "batch": cfg.eval_batch, "total_seconds": seconds,
+               "samples_per_second": answered / seconds, "max_new_tokens": max(tokens),
+               "image_size": list(requests[0].images[0].size) if requests[0].images else None}
+        if cfg.device.startswith("cuda"):
+            out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
+        return out
+    return _guarded(measure)
 
 
 def with_totals(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
