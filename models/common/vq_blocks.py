@@ -51,6 +51,52 @@ class Resample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+class Tokenizer(nn.Module):
+    """An image tokenizer: `encoder`, `decoder` and `quantize` (the checkpoints' names) and its `config`."""
+
+    def __init__(self, config, encoder: nn.Module, decoder: nn.Module, quantize: nn.Module):
+        super().__init__()
+        self.config, self.encoder, self.decoder, self.quantize = config, encoder, decoder, quantize
+
+
+def resolution_levels(widths, cin: int, make_level, down: bool) -> tuple[list[nn.Module], int]:
+    """The levels of an encoder (`down`) or a decoder in the order they run: level i takes `cin`
+    channels to `widths[i]` (`make_level(i, cin, cout)` builds its blocks), then a resampler
+    (`downsample` / `upsample`) follows every level but the last. Returns the levels and the width out."""
+    levels = []
+    for i, cout in enumerate(widths):
+        level = make_level(i, cin, cout)
+        if i != len(widths) - 1:
+            setattr(level, "downsample" if down else "upsample", Resample(cout, down=down))
+        levels.append(level)
+        cin = cout
+    return levels, cin
+
+
+def add_output_head(module: nn.Module, cin: int, cout: int) -> None:
+    """`norm_out` (GroupNorm) and `conv_out` (3x3 conv to `cout` channels), applied by `output_head`."""
+    module.norm_out, module.conv_out = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+
+
+def run_blocks(blocks, h):
+    for block in blocks:
+        h = block(h)
+    return h
+
+
+def through_level(level: nn.Module, blocks, h):
+    """`h` through a resolution level's blocks, then through its resampler (`downsample` or `upsample`)
+    when it has one (the last level of an encoder and of a decoder has none)."""
+    h = run_blocks(blocks, h)
+    resample = getattr(level, "downsample", None) or getattr(level, "upsample", None)
+    return h if resample is None else resample(h)
+
+
+def output_head(module: nn.Module, h):
+    """How every encoder and decoder of these tokenizers ends: `conv_out(silu(norm_out(h)))`."""
+    return module.conv_out(F.silu(module.norm_out(h)))
+
+
 def code_grid(vectors):
     """(b, side*side, dim) code vectors in raster order -> the (b, dim, side, side) latent grid."""
     b, n, d = vectors.shape

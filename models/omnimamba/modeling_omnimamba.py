@@ -51,12 +51,14 @@ class OmniMambaConfig:
     num_image_tokens: int = 256
     caption_len: int = 68  # captions are left-padded / cut to this many tokens
     mmu_positions: int = 1500
+    # Mamba-2 mixer (mamba-ssm's ssm_cfg of state-spaces/mamba2-1.3b)
     d_state: int = 128
     d_conv: int = 4
-    expand: int = 2
-    headdim: int = 64
+    expand: int = 2  # d_inner = 4096
+    headdim: int = 64  # 64 heads
     ngroups: int = 1
     chunk_size: int = 256
+    # one LoRA branch per route on every in_proj
     lora_r: int = 8
     lora_alpha: int = 32
     norm_eps: float = 1e-5

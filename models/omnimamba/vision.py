@@ -24,10 +24,12 @@ SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 class VisionConfig:
     image_size: int = 384
     patch_size: int = 14
+    # DINOv2 ViT-L/14 with registers (timm vit_large_patch14_reg4_dinov2.lvd142m)
     dino_width: int = 1024
     dino_layers: int = 24
     dino_heads: int = 16
     dino_registers: int = 4
+    # SigLIP so400m/14 at 384 px (timm vit_so400m_patch14_siglip_384)
     siglip_width: int = 1152
     siglip_layers: int = 27
     siglip_heads: int = 16

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, code_grid, group_norm
+from omnibench.models.common.vq_blocks import (AttnBlock, ResnetBlock, add_output_head, code_grid, output_head,
+                                               resolution_levels, run_blocks, through_level, Tokenizer)
 
 
 @dataclass
@@ -49,27 +50,17 @@ class Encoder(nn.Module):
         super().__init__()
         ch, mult = cfg.ch, cfg.ch_mult
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
-        self.conv_blocks = nn.ModuleList()
-        cin = ch
-        for i, m in enumerate(mult):
-            level = _Level(cin, ch * m, cfg.num_res_blocks, attn=i == len(mult) - 1)
-            if i != len(mult) - 1:
-                level.downsample = Resample(ch * m, down=True)
-            self.conv_blocks.append(level)
-            cin = ch * m
+        levels, cin = resolution_levels([ch * m for m in mult], ch, lambda i, cin, cout: _Level(
+            cin, cout, cfg.num_res_blocks, attn=i == len(mult) - 1), down=True)
+        self.conv_blocks = nn.ModuleList(levels)
         self.mid = _mid(cin)
-        self.norm_out = group_norm(cin)
-        self.conv_out = nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
+        add_output_head(self, cin, cfg.z_channels)
 
     def forward(self, x):
         h = self.conv_in(x)
         for level in self.conv_blocks:
-            h = level.blocks(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        for m in self.mid:
-            h = m(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+            h = through_level(level, (level.blocks,), h)
+        return output_head(self, run_blocks(self.mid, h))
 
 
 class Decoder(nn.Module):
@@ -79,25 +70,17 @@ class Decoder(nn.Module):
         cin = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
         self.mid = _mid(cin)
-        self.conv_blocks = nn.ModuleList()
-        for i in reversed(range(len(mult))):
-            level = _Level(cin, ch * mult[i], cfg.num_res_blocks + 1, attn=i == len(mult) - 1)
-            if i != 0:
-                level.upsample = Resample(ch * mult[i], down=False)
-            self.conv_blocks.append(level)
-            cin = ch * mult[i]
-        self.norm_out = group_norm(cin)
-        self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)
+        # Lowest resolution first, with attention there (LlamaGen's decoder: num_res_blocks + 1 per level).
+        levels, cin = resolution_levels([ch * m for m in reversed(mult)], cin, lambda i, cin, cout: _Level(
+            cin, cout, cfg.num_res_blocks + 1, attn=i == 0), down=False)
+        self.conv_blocks = nn.ModuleList(levels)
+        add_output_head(self, cin, 3)
 
     def forward(self, z):
-        h = self.conv_in(z)
-        for m in self.mid:
-            h = m(h)
+        h = run_blocks(self.mid, self.conv_in(z))
         for level in self.conv_blocks:
-            h = level.blocks(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+            h = through_level(level, (level.blocks,), h)
+        return output_head(self, h)
 
 
 class VectorQuantizer(nn.Module):
@@ -112,13 +95,9 @@ class VectorQuantizer(nn.Module):
         return code_grid(F.normalize(self.embedding.weight, p=2, dim=-1)[codes])
 
 
-class VQModel(nn.Module):
+class VQModel(Tokenizer):
     def __init__(self, cfg: VQConfig):
-        super().__init__()
-        self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
-        self.quantize = VectorQuantizer(cfg)
+        super().__init__(cfg, Encoder(cfg), Decoder(cfg), VectorQuantizer(cfg))
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_embed_dim, cfg.z_channels, 1)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
-from omnibench.models.common.vq_blocks import AttnBlock, Resample, ResnetBlock, code_grid
+from omnibench.models.common.vq_blocks import (AttnBlock, ResnetBlock, add_output_head, code_grid, output_head,
+                                               resolution_levels, through_level, Tokenizer)
 
 
 @dataclass
@@ -37,10 +37,6 @@ class MagvitConfig:
         return 2 ** (len(self.encoder_ch_mult) - 1)
 
 
-def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-6)
-
-
 def _mid(c: int) -> nn.Module:
     mid = nn.Module()
     mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(c, c), AttnBlock(c), ResnetBlock(c, c)
@@ -51,6 +47,15 @@ def _run_mid(mid: nn.Module, h):
     return mid.block_2(mid.attn_1(mid.block_1(h)))
 
 
+def _resnets(n: int):
+    """A level of `n` ResnetBlocks (`block.<j>`), the first taking `cin` channels to `cout`."""
+    def make(i: int, cin: int, cout: int) -> nn.Module:
+        level = nn.Module()
+        level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout) for j in range(n(i)))
+        return level
+    return make
+
+
 class Encoder(nn.Module):
     """No attention inside the levels: upstream's attn_resolutions=[5] never matches a resolution."""
 
@@ -58,29 +63,18 @@ class Encoder(nn.Module):
         super().__init__()
         ch, mult = cfg.ch, cfg.encoder_ch_mult
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        cin = ch
-        for i, (m, n) in enumerate(zip(mult, cfg.encoder_blocks)):
-            level = nn.Module()
-            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else ch * m, ch * m) for j in range(n))
-            cin = ch * m
-            if i != len(mult) - 1:
-                level.downsample = Resample(cin, down=True)
-            self.down.append(level)
+        levels, cin = resolution_levels([ch * m for m in mult], ch, _resnets(lambda i: cfg.encoder_blocks[i]),
+                                        down=True)
+        self.down = nn.ModuleList(levels)
         self.mid = _mid(cin)
-        self.norm_out = _norm(cin)
-        self.conv_out = nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
+        add_output_head(self, cin, cfg.z_channels)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
     def forward(self, x):
         h = self.conv_in(x)
         for level in self.down:
-            for block in level.block:
-                h = block(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        h = _run_mid(self.mid, h)
-        return self.quant_conv(self.conv_out(F.silu(self.norm_out(h))))
+            h = through_level(level, level.block, h)
+        return self.quant_conv(output_head(self, _run_mid(self.mid, h)))
 
 
 class Decoder(nn.Module):
@@ -91,28 +85,17 @@ class Decoder(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
         self.mid = _mid(cin)
-        levels = []
-        for i in reversed(range(len(mult))):
-            level = nn.Module()
-            cout = ch * mult[i]
-            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout)
-                                        for j in range(cfg.decoder_blocks[i]))
-            cin = cout
-            if i != 0:
-                level.upsample = Resample(cin, down=False)
-            levels.insert(0, level)
-        self.up = nn.ModuleList(levels)  # up[0] is the highest resolution, run last
-        self.norm_out = _norm(cin)
-        self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)
+        top = len(mult) - 1  # levels run from the lowest resolution (index top) to up[0]
+        levels, cin = resolution_levels([ch * m for m in reversed(mult)], cin,
+                                        _resnets(lambda i: cfg.decoder_blocks[top - i]), down=False)
+        self.up = nn.ModuleList(reversed(levels))  # up[0] is the highest resolution, run last
+        add_output_head(self, cin, 3)
 
     def forward(self, z):
         h = _run_mid(self.mid, self.conv_in(self.post_quant_conv(z)))
         for level in reversed(self.up):
-            for block in level.block:
-                h = block(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+            h = through_level(level, level.block, h)
+        return output_head(self, h)
 
 
 class LFQuantizer(nn.Module):
@@ -132,13 +115,9 @@ class LFQuantizer(nn.Module):
         return code_grid(self.embedding[codes])
 
 
-class MAGVITv2(nn.Module):
+class MAGVITv2(Tokenizer):
     def __init__(self, cfg: MagvitConfig):
-        super().__init__()
-        self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
-        self.quantize = LFQuantizer(cfg.z_channels)
+        super().__init__(cfg, Encoder(cfg), Decoder(cfg), LFQuantizer(cfg.z_channels))
 
     @torch.no_grad()
     def get_code(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -33,19 +33,20 @@ SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|
 class ShowoConfig:
     """Show-o's config.json fields plus the Phi sizes from its `llm_model_path` config."""
 
-    vocab_size: int = 58498
+    vocab_size: int = 58498  # = llm_vocab_size + num_new_special_tokens + codebook_size + 1 (mask token)
     llm_vocab_size: int = 50295
-    codebook_size: int = 8192
-    num_vq_tokens: int = 256
+    codebook_size: int = 8192  # MAGVIT-v2's 2**13 lookup-free codes
+    num_vq_tokens: int = 256  # 16x16 at 256 px (1024 for show-o-512x512)
     num_new_special_tokens: int = 10
+    # Phi-1.5 (microsoft/phi-1_5 config.json)
     hidden_size: int = 2048
     num_hidden_layers: int = 24
-    num_attention_heads: int = 32
+    num_attention_heads: int = 32  # head_dim 64
     intermediate_size: int = 8192
-    partial_rotary_factor: float = 0.5
+    partial_rotary_factor: float = 0.5  # rotary on the first half of each head's dimensions
     rope_theta: float = 10000.0
     layer_norm_eps: float = 1e-5
-    hidden_act: str = "gelu_new"
+    hidden_act: str = "gelu_new"  # the tanh approximation of GELU
     max_text_len: int = 128  # dataset.preprocessing.max_seq_length of the demo configs
 
     @property
