@@ -46,9 +46,11 @@ GIB = 1024 ** 3
 SPEED_METRICS = (("decode_ms_per_token", "decode_seconds_per_token", 1e3, "lower", 0.10),
                  ("prefill_s", "prefill_seconds", 1.0, "lower", 0.10),
                  ("images_per_s", "images_per_second", 1.0, "higher", 0.10),
+                 ("samples_per_s", "samples_per_second", 1.0, "higher", 0.10),
                  ("peak_memory_gib", "peak_memory_bytes_torch", 1 / GIB, "lower", 0.05))
-# What makes two speed points the same measurement (the GPU is checked, not matched).
-SPEED_KEY = ("kind", "model", "mode", "length", "preset", "dtype", "device", "model_args")
+# What makes two speed points the same measurement (the GPU is checked, not matched); `workload` names an
+# evaluation-throughput point's benchmark shape.
+SPEED_KEY = ("kind", "model", "mode", "length", "preset", "dtype", "device", "model_args", "workload")
 
 
 @dataclass
@@ -333,7 +335,8 @@ def _point_key(p: dict[str, Any]) -> tuple:
 
 
 def _point_name(p: dict[str, Any]) -> str:
-    where = f"{p.get('length')} tokens" if p.get("kind") == "context" else p.get("kind")
+    where = (f"{p.get('length')} tokens" if p.get("kind") == "context" else
+             f"{p.get('kind')}/{p['workload']}" if p.get("workload") else p.get("kind"))
     return f"{p['model']}/{p['mode']}/{where}"
 
 

@@ -216,27 +216,32 @@ def test_paired_bootstrap_is_seeded_and_centred_on_the_change():
     assert first[0] < change < first[1] < 0
 
 
-def speed_report(gpu="Test GPU", decode=0.001, status="ok", images=None):
+def speed_report(gpu="Test GPU", decode=0.001, status="ok", images=None, pope=40.0, mmmu=20.0):
     point = {"kind": "context", "model": "omnimamba", "mode": "best", "length": 1024, "device": "cuda",
              "dtype": "bfloat16", "preset": "full", "model_args": "{}", "gpu": gpu, "status": status,
              "prefill_seconds": 0.05, "decode_seconds_per_token": decode, "peak_memory_bytes_torch": 2 * 1024 ** 3}
     image = {"kind": "image_gen", "model": "omnimamba", "mode": "best", "length": 0, "device": "cuda",
              "dtype": "bfloat16", "preset": "full", "model_args": "{}", "gpu": gpu, "status": "ok",
              "images_per_second": images or 5.0}
-    return {"schema_version": 1, "manifest": {}, "runs": [], "points": [point, image]}
+    evals = [{**image, "kind": "eval_throughput", "workload": w, "samples_per_second": rate,
+              "peak_memory_bytes_torch": (3 if w == "mmmu" else 2) * 1024 ** 3}
+             for w, rate in (("pope", pope), ("mmmu", mmmu))]
+    return {"schema_version": 1, "manifest": {}, "runs": [], "points": [point, image, *evals]}
 
 
 SPEED_CASES = [  # (candidate, exit code, the stderr line's start)
     (speed_report(decode=0.00105), 0, None),  # 5% slower: within the 10% tolerance
     (speed_report(decode=0.0013), 1, "error: speed: omnimamba/best/1024 tokens/decode_ms_per_token: 30.0% worse (1 -> 1.3; tolerance 10%)"),
     (speed_report(images=4.0), 1, "error: speed: omnimamba/best/image_gen/images_per_s: 20.0% worse (5 -> 4; tolerance 10%)"),
+    # Each benchmark shape against its own point: POPE's rate against POPE's, never MMMU's.
+    (speed_report(pope=30.0), 1, "error: speed: omnimamba/best/eval_throughput/pope/samples_per_s: 25.0% worse (40 -> 30"),
     (speed_report(status="oom"), 1, "error: speed point: omnimamba/best/1024 tokens: the candidate's point is oom"),
     (speed_report(gpu="Other GPU"), 2, "error: cannot compare speed measured on different GPUs: omnimamba/best/1024 tokens on "
                                        "'Test GPU' in the base and 'Other GPU' in the candidate"),
 ]
 
 
-@pytest.mark.parametrize("cand,code,line", SPEED_CASES, ids=["noise", "decode", "images", "oom", "gpu"])
+@pytest.mark.parametrize("cand,code,line", SPEED_CASES, ids=["noise", "decode", "images", "eval", "oom", "gpu"])
 def test_speed_reports_gate_on_relative_tolerance_and_refuse_other_gpus(cand, code, line, tmp_path, capsys):
     (tmp_path / "base.json").write_text(json.dumps(speed_report()))
     (tmp_path / "cand.json").write_text(json.dumps(cand))
