@@ -179,9 +179,6 @@ def gpu_name(device: str) -> str | None:
     return None
 
 
-_is_oom, _free = is_out_of_memory, free_accelerator_memory
-
-
 def _guarded(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A point's measurement, or its status: `unsupported` (the model says it cannot) or `oom`."""
     try:
@@ -189,9 +186,9 @@ def _guarded(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     except OmnibenchError as exc:
         return {"status": "unsupported", "reason": str(exc)}
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
-        _free()
+        free_accelerator_memory()
         return {"status": "oom", "reason": str(exc).splitlines()[0][:160]}
 
 
@@ -223,7 +220,7 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
         seconds = []
         for _ in range(max(1, repeats)):
             state = None
-            _free()
+            free_accelerator_memory()
             state, s = timer(lambda: adapter.prefill(context))
             seconds.append(s)
             if time.perf_counter() > deadline:
@@ -271,7 +268,7 @@ def measure_full_generation(adapter: ModelAdapter, length: int, cfg: SweepConfig
         for _ in range(n):
             adapter.decode_step(state, token)
     run(min(steps, 3))
-    _free()
+    free_accelerator_memory()
     return timer(lambda: run(steps))[1]
 
 
@@ -388,7 +385,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                            else f" ({point.get('reason')})"))
                     finish(point)
             del adapter
-            _free()
+            free_accelerator_memory()
     fid_key = SpeedStore.key({**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0})
     if cfg.fid_features and not cfg.report_only and fid_key not in done:
         point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0}
@@ -418,12 +415,12 @@ def _measure_safely(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dic
                 point["total_seconds_measured"] = measure_full_generation(adapter, length, cfg, prompt_len(length))
         return point
     except _Timeout as exc:
-        _free()
+        free_accelerator_memory()
         return {"status": "timeout", "reason": str(exc)}
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
-        _free()
+        free_accelerator_memory()
         return {"status": "oom", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
 
 
