@@ -69,9 +69,10 @@ def sample_seed(seed: int, sample_id: str) -> int:
 
 
 class OneAhead:
-    """At most one call in flight on a worker thread; `swap` waits for the call in flight (raising what it
-    raised), starts the next, and returns what the finished one was carrying with its result, so that the
-    caller writes batch i while batch i + 1 runs."""
+    """At most one call in flight on a worker thread. `swap(None)` waits for the call in flight (raising
+    what it raised) and returns (what it carries, its result); `swap(fn, carry)` then starts the next.
+    The worker runs on the CUDA device current where it was started (under torchrun, this rank's GPU):
+    a new thread would otherwise start on cuda:0."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -82,12 +83,20 @@ class OneAhead:
         result = previous[0].result() if previous is not None else None
         if fn is not None:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model")
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model",
+                                                initializer=_same_device())
             self._job = (self._pool.submit(fn), carry)
         return (previous[1], result) if previous is not None else None
 
     def busy(self) -> bool:
         return self._job is not None
+
+
+def _same_device() -> Callable[[], None]:
+    """A thread initializer that makes the calling thread's current CUDA device current there too."""
+    import torch
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return (lambda: torch.cuda.set_device(device)) if device is not None else (lambda: None)
 
 
 def limit_count(total: int, limit: float | None) -> int:

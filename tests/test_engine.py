@@ -340,3 +340,20 @@ def test_a_model_error_in_flight_keeps_every_batch_finished_before_it(tmp_path):
     model = FixedAnswers()
     out = Runner(pope_cfg(tmp_path, batch_size=2, resume=True), lambda: model).run()
     assert len(model.seen) == 2 and out["n_samples"]["pope"]["total"] == 6  # only the failed batch again
+
+
+def test_the_model_thread_runs_on_the_gpu_of_the_thread_that_started_it(monkeypatch):
+    """Under torchrun a rank sets its GPU current; the worker thread must use that GPU, not cuda:0."""
+    import threading
+
+    import torch
+    from omnibench.runner import OneAhead
+    set_in = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_in.setdefault(threading.current_thread().name, d))
+    ahead = OneAhead()
+    ahead.swap(lambda: threading.current_thread().name, "batch 1")
+    carry, worker = ahead.swap(None)
+    assert carry == "batch 1" and worker != threading.current_thread().name and set_in == {worker: 3}
