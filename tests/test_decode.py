@@ -168,8 +168,8 @@ def hand_run(adapter, requests: list[Request], n: int) -> torch.Tensor:
             first.append(logits)
         state, logits = DecodeState.cat(states), torch.cat(first)
     else:
-        inputs = (adapter.mmu_inputs(requests) if isinstance(adapter, JanusFlowAdapter)
-                  else (adapter.mmu_ids(requests),))
+        inputs = (adapter.mmu_inputs(adapter.prepare_text(requests)) if isinstance(adapter, JanusFlowAdapter)
+                  else (adapter.mmu_ids(adapter.prepare_text(requests)),))
         state = adapter.prefill(*inputs, max_new_tokens=n)
         logits = state.logits
     out = []
@@ -204,10 +204,10 @@ def test_best_mode_answers_are_the_timed_paths_tokens(family, tiny, monkeypatch)
 def test_best_and_as_published_give_the_same_answers(family, tiny, monkeypatch):
     best, published, reqs = tiny(family, "best"), tiny(family, "as_published"), three_requests(family)
     if family == "showo":
-        ids = best.mmu_ids(reqs)
+        ids = best.mmu_ids(best.prepare_text(reqs))
         assert (ids[:, 0] == best.pad_id).sum() == 2  # two rows left-padded
     if family == "janusflow":
-        assert (best.mmu_inputs(reqs)[1][:, 0] == 0).sum() == 2
+        assert (best.mmu_inputs(best.prepare_text(reqs))[1][:, 0] == 0).sum() == 2
     recs = {}
     answers = {}
     for name, adapter in (("best", best), ("published", published)):

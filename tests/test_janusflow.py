@@ -99,7 +99,7 @@ def test_tokenizer_keeps_spaces_and_adds_one_bos(best):
 
 def test_image_placeholder_expands_to_begin_tokens_end_and_gets_the_image_embeddings(best):
     req = Request("a", "what?", [drawn_image(5, size=40)])
-    ids, mask, embeds = best.mmu_inputs([req])
+    ids, mask, embeds = best.mmu_inputs(best.prepare_text([req]))
     prompt = best.encode(sft_prompt("<image_placeholder>\nwhat?", best.system_prompt))
     n = best.num_image_tokens
     assert embeds.shape[1] == ids.shape[1] == len(prompt) + n + 1 and mask.all()

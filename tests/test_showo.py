@@ -109,8 +109,8 @@ def test_sampler_keeps_given_tokens():
 
 
 def test_kv_cache_decoding_equals_full_recomputation(best, published):
-    ids = best.mmu_ids([Request("a", "what is it?", [drawn_image(1, size=32)]),
-                        Request("b", "and the color of that one?", [drawn_image(2, size=32)])])
+    ids = best.mmu_ids(best.prepare_text([Request("a", "what is it?", [drawn_image(1, size=32)]),
+                                          Request("b", "and the color of that one?", [drawn_image(2, size=32)])]))
     assert (ids[0, 0] == best.pad_id) and (ids[1, 0] != best.pad_id)  # left padding in play
     # mode=best prefill/decode_step (static KV cache: what generate_text and the sweep decode with)
     s2, s4 = published.prefill(ids), best.prefill(ids, 2)

@@ -164,12 +164,11 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
                                                 self.system_prompt)))
                 for r in requests]
 
-    def mmu_inputs(self, requests: Sequence[Request] | Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def mmu_inputs(self, items: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids (B, L), attention mask (B, L) and input embeddings (B, L, D) -- `prefill`'s
         arguments: the chat prompt with each image's placeholder expanded to <begin_of_image> + n x
         <image_placeholder> + <end_of_image>, whose embeddings (<begin_of_image> and the placeholders) are
         then replaced by the image embeddings."""
-        items = requests if requests and isinstance(requests[0], Prepared) else self.prepare_text(requests)
         rows, slots = [], []
         for p in items:
             row, slot = [], []

@@ -140,10 +140,9 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
                          self.tokenizer(mmu_question(r.prompt), add_special_tokens=False)["input_ids"])
                 for r in requests]
 
-    def mmu_ids(self, requests: Sequence[Request] | Sequence[Prepared]) -> torch.Tensor:
+    def mmu_ids(self, items: Sequence[Prepared]) -> torch.Tensor:
         """[<|mmu|>, <|soi|>, image tokens, <|eoi|>, <|sot|>] + tok("USER: \\n{q} ASSISTANT:"), left-padded.
         Show-o reads one image: the first; a request without one gets no image segment."""
-        items = requests if requests and isinstance(requests[0], Prepared) else self.prepare_text(requests)
         with_image = [i for i, p in enumerate(items) if p.pixels]
         codes = {}
         if with_image:
