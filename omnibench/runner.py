@@ -1,7 +1,8 @@
 """The batched runner: tasks' requests through a model adapter, resumable, sharded across torchrun ranks,
 gathered and scored on rank 0.
 
-One model call is in flight at a time, on a worker thread, while the main thread builds the next batch
+Requests are batched by length (each batch the shortest of a pool of a few batches, so a batch pads
+little). One model call is in flight at a time, on a worker thread, while the main thread builds the next batch
 (reading rows, decoding images) and does its host-side preparation (`ModelAdapter.prepare_text`: resize,
 normalise, tokenize): the device does not wait for the host between batches. Every finished batch is on
 disk before the next model call starts, so a crash loses at most the batch in flight."""
@@ -39,6 +40,14 @@ RESULTS_SCHEMA_VERSION = 1
 # `--batch_size auto` starts here and halves on out-of-memory. Batches of understanding requests past
 # 64 gain little on one GPU, and a cap keeps the first, failing attempts short.
 AUTO_BATCH_CAP = 64
+# Requests wait in a pool of this many batches; each batch sent is the pool's shortest (by image count,
+# then prompt length), so a batch pads little. The pool is emptied, sorted, at the end of a task.
+SORT_WINDOW = 4
+
+
+def length_key(item: tuple[int, Doc, Request, str]) -> tuple[int, int]:
+    req = item[2]
+    return len(req.images), len(req.prompt)
 
 
 def seed_everything(seed: int) -> None:
@@ -296,15 +305,21 @@ class Runner:
                         if why != "new":
                             stats.why[why] += 1
                         pending.append((i, doc, req, sha))
-                if len(pending) >= self.batch_size:  # a full batch: generate it, save it with what is ready
-                    self._flush(task, pending, ready, cache, scoring, bar)
-                    stats.generated += len(pending)
-                    pending, ready = [], []
+                if len(pending) >= self.batch_size * SORT_WINDOW:  # the pool's shortest batch goes, with what is ready
+                    pending.sort(key=length_key)
+                    batch, pending = pending[:self.batch_size], pending[self.batch_size:]
+                    self._flush(task, batch, ready, cache, scoring, bar)
+                    stats.generated += len(batch)
+                    ready = []
                 elif len(ready) >= self.batch_size:  # records that need no model: saved, the batch keeps filling
                     self._flush(task, [], ready, cache, scoring, bar)
                     ready = []
-            self._flush(task, pending, ready, cache, scoring, bar)
-            stats.generated += len(pending)
+            pending.sort(key=length_key)
+            for start in range(0, max(len(pending), 1), self.batch_size):  # each batch on disk as it finishes
+                batch = pending[start:start + self.batch_size]
+                self._flush(task, batch, ready, cache, scoring, bar)
+                stats.generated += len(batch)
+                ready = []
             self._save_finished(self.ahead.swap(None), cache, bar)
         seconds = time.perf_counter() - start
         if mine:

@@ -357,3 +357,27 @@ def test_the_model_thread_runs_on_the_gpu_of_the_thread_that_started_it(monkeypa
     ahead.swap(lambda: threading.current_thread().name, "batch 1")
     carry, worker = ahead.swap(None)
     assert carry == "batch 1" and worker != threading.current_thread().name and set_in == {worker: 3}
+
+
+class RecordsBatches(FixedAnswers):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def generate_text(self, requests):
+        self.batches.append([len(r.prompt) for r in requests])
+        return super().generate_text(requests)
+
+
+def test_requests_are_batched_by_length_and_every_sample_is_answered_once(tmp_path):
+    """MMMU's sample prompts differ in length: batches are cut from the length-sorted pool, so a batch
+    holds prompts of similar length (little padding), and the scores are those of an unsorted run."""
+    cfg = lambda **kw: RunConfig(model="hf", model_args={"preset": "tiny"}, tasks=["mmmu"],  # noqa: E731
+                                 task_args={"sample": "true"}, output_path=str(tmp_path / kw.pop("out")), **kw)
+    model = RecordsBatches()
+    out = Runner(cfg(out="a", batch_size=2), lambda: model).run()
+    lengths = [n for batch in model.batches for n in batch]
+    assert len(lengths) == out["n_samples"]["mmmu"]["total"] == len(set(model.seen))
+    assert len(set(lengths)) > 2 and lengths == sorted(lengths)  # 6 samples < one pool of 4 batches: fully sorted
+    one_by_one = Runner(cfg(out="b", batch_size=1), FixedAnswers).run()
+    assert out["results"] == one_by_one["results"]
