@@ -509,9 +509,9 @@ def _inception_architecture(device: str):
 
 def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -> dict[str, Any]:
     """Samples per second of `generate_text` over `cfg.eval_samples` requests of `workload`'s shape in
-    batches of `cfg.eval_batch`, sorted by prompt length (the runner sorts within a pool of four batches): one untimed pass over
-    every batch (each batch shape warmed), then one timed pass (preprocessing of the images included,
-    overlapped with the model's work as in the runner)."""
+    batches of `cfg.eval_batch`, sorted by prompt length (the runner sorts within a pool of four batches):
+    one untimed pass over every batch (each batch shape warmed), then one timed pass (preprocessing of the
+    images included, overlapped with the model's work as in the runner)."""
     from omnibench.runner import OneAhead
 
     requests = sorted(eval_requests(workload, cfg.eval_samples), key=lambda r: len(r.prompt))
