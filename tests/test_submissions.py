@@ -8,8 +8,9 @@ import pytest
 
 from omnibench import lmms_results
 from omnibench.cli import main as run_eval
-from omnibench.config import RunConfig
+from omnibench.config import RunConfig, task_args_for
 from omnibench.protocol import ModelAdapter, OmnibenchError
+from omnibench.registry import get_task_class
 from omnibench.runner import Runner
 from omnibench.tasks import vqav2
 from omnibench.tasks.gqa import GQA
@@ -23,23 +24,24 @@ def sample_cache(tmp_path, monkeypatch):
 
 
 class Replies(ModelAdapter):
-    """Answers the i-th request with replies[i % len(replies)]."""
+    """Answers the request of the split's i-th sample with replies[i % len(replies)], whatever order the
+    runner sends the requests in (it batches them by length)."""
     name = "replies"
 
-    def __init__(self, replies):
+    def __init__(self, replies, sample_ids):
         super().__init__()
-        self.replies, self.asked = replies, 0
+        self.replies, self.index = replies, {sample_id: i for i, sample_id in enumerate(sample_ids)}
 
     def generate_text(self, requests):
-        out = [self.replies[(self.asked + i) % len(self.replies)] for i in range(len(requests))]
-        self.asked += len(requests)
-        return out
+        return [self.replies[self.index[r.sample_id] % len(self.replies)] for r in requests]
 
 
 def run(tmp_path, task, task_args, replies, **kw):
     cfg = RunConfig(model="hf", model_args={"preset": "tiny"}, tasks=[task], task_args={"sample": "true", **task_args},
                     output_path=str(tmp_path / "out"), **kw)
-    return Runner(cfg, lambda: Replies(replies)).run()
+    ((name, args),) = task_args_for(cfg.tasks, cfg.task_args).items()
+    sample_ids = get_task_class(name)(**args).docs().ids
+    return Runner(cfg, lambda: Replies(replies, sample_ids)).run()
 
 
 # ----------------------------------------------------------------------------- VQAv2
