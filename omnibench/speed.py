@@ -210,13 +210,13 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
     # The first call after a model is built compiles and autotunes its kernels (tens of seconds for
     # Triton): made at the prompt's length before the point's time limit starts, so the limit measures
     # the point, not the compiler.
-    adapter.prefill(prompt_ids)
+    adapter.prefill(prompt_ids)  # also the untimed call at the prompt's shape (and at the point's, if the same)
     deadline = time.perf_counter() + cfg.point_timeout_s
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
-    def timed_prefill(context: torch.Tensor, repeats: int) -> tuple[Any, float]:
-        state = adapter.prefill(context)  # untimed, at this exact shape: compile, autotune, plans
+    def timed_prefill(context: torch.Tensor, repeats: int, warmed: bool) -> tuple[Any, float]:
+        state = None if warmed else adapter.prefill(context)  # untimed, at this exact shape: autotune, plans
         seconds = []
         for _ in range(max(1, repeats)):
             state = None
@@ -227,8 +227,9 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
                 raise _Timeout(f"prefill alone exceeded {cfg.point_timeout_s:g} s")
         return state, statistics.median(seconds)
 
-    _, prompt_prefill = timed_prefill(prompt_ids, cfg.repeats) if prompt_ids.shape[1] != length else (None, None)
-    state, prefill = timed_prefill(ids, cfg.repeats)
+    separate = prompt_ids.shape[1] != length
+    _, prompt_prefill = timed_prefill(prompt_ids, cfg.repeats, warmed=True) if separate else (None, None)
+    state, prefill = timed_prefill(ids, cfg.repeats, warmed=not separate)
     nvml_after_prefill = nvml_process_memory_bytes() if cuda else None
     token = torch.full((ids.shape[0],), 7, dtype=torch.long)
     step_s = []
@@ -388,7 +389,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             free_accelerator_memory()
     fid_key = SpeedStore.key({**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0})
     if cfg.fid_features and not cfg.report_only and fid_key not in done:
-        point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0}
+        point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0, "model_args": None}
         point.update(_fid_features_safely(cfg))
         log(f"Inception features: {point['status']}"
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
@@ -398,7 +399,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
               for m in cfg.models for mode in cfg.modes}
     if cfg.fid_features:
         wanted.add(("inception", "-", None))
-    return [p for p in done.values() if (p["model"], p["mode"], p.get("model_args")) in wanted
+    return [p for p in done.values() if (p["model"], p["mode"], p.get("model_args", "{}")) in wanted
             and p["device"] == cfg.device and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset
             and p.get("gpu") == common["gpu"]
             and (p["kind"] != "context" or p["length"] in cfg.lengths)
@@ -485,8 +486,7 @@ def _fid_features_safely(cfg: SweepConfig) -> dict[str, Any]:
     fid.features(images[:250], model, **opts)
     _, seconds = Timer(cfg.device)(lambda: fid.features(images, model, **opts))
     return {"status": "ok", "images": len(images), "total_seconds": seconds, "images_per_second": len(images) / seconds,
-            "note": f"batch 250, {cfg.fid_workers} DataLoader workers for the clean-fid resize; {network}",
-            "model_args": None}
+            "note": f"batch 250, {cfg.fid_workers} DataLoader workers for the clean-fid resize; {network}"}
 
 
 def _inception_architecture(device: str):

@@ -166,7 +166,10 @@ def hand_run(adapter, requests: list[Request], n: int) -> torch.Tensor:
             state, logits = m.prefill(adapter.mmu_embeddings(r.prompt, feats), "mmu")
             states.append(state)
             first.append(logits)
-        state, logits = DecodeState.cat(states), torch.cat(first)
+        state = DecodeState([torch.cat(t) for t in zip(*(s.conv for s in states))],
+                            [torch.cat(t) for t in zip(*(s.ssm for s in states))],
+                            torch.cat([s.position for s in states]), states[0].route)
+        logits = torch.cat(first)
     else:
         inputs = (adapter.mmu_inputs(adapter.prepare_text(requests)) if isinstance(adapter, JanusFlowAdapter)
                   else (adapter.mmu_ids(adapter.prepare_text(requests)),))

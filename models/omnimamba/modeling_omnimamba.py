@@ -383,12 +383,6 @@ class DecodeState:
     route: Route
     logits: torch.Tensor | None = None  # the prefill's last logits, where a caller wants them kept
 
-    @staticmethod
-    def cat(states: list["DecodeState"]) -> "DecodeState":
-        return DecodeState([torch.cat(t) for t in zip(*(s.conv for s in states))],
-                           [torch.cat(t) for t in zip(*(s.ssm for s in states))],
-                           torch.cat([s.position for s in states]), states[0].route)
-
     def tensors(self) -> list[torch.Tensor]:
         return [*self.conv, *self.ssm, self.position]
 

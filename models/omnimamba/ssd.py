@@ -191,19 +191,17 @@ def conv1d_triton(x, weight, bias, activation="silu"):
     """causal-conv1d's `causal_conv1d_fn` (SiLU) as one Triton kernel, for machines where causal-conv1d's
     CUDA extension is not built: x (b, c, l) of any strides (a transposed (b, l, c) slice of the input
     projection), weight (c, k). Returns (b, c, l) laid out as (b, l, c), which the caller transposes back."""
+    import triton
+
     assert activation == "silu"
     b, c, length = x.shape
     k = weight.shape[-1]
     out = torch.empty(b, length, c, device=x.device, dtype=x.dtype).transpose(1, 2)
     block_l, block_c = 32, 128
-    _conv_fwd_kernel()[(b, triton_cdiv(length, block_l), triton_cdiv(c, block_c))](
+    _conv_fwd_kernel()[(b, triton.cdiv(length, block_l), triton.cdiv(c, block_c))](
         x, weight.contiguous(), bias, out, length, c, x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2), K=k, BLOCK_L=block_l, BLOCK_C=block_c)
     return out
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def use_kernels(device: torch.device) -> bool:
