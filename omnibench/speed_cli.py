@@ -89,9 +89,12 @@ def to_config(args: argparse.Namespace) -> SweepConfig:
         raise OmnibenchError(f"unknown mode '{bad[0]}' (known: {', '.join(SWEEP_MODES)})")
     workloads = [] if args.eval_workloads.strip() == "none" else \
         [w.strip() for w in args.eval_workloads.split(",") if w.strip()]
+    from omnibench.protocol import Task
     from omnibench.registry import get_task_class
-    for w in workloads:
-        get_task_class(w)  # unknown names fail here with the known ones
+    for w in workloads:  # unknown names fail here with the known ones
+        if get_task_class(w).throughput_requests.__func__ is Task.throughput_requests.__func__:
+            raise OmnibenchError(f"--eval-workloads: task '{w}' declares no throughput workload (known: "
+                                 f"{', '.join(EVAL_WORKLOADS)}, or 'none')")
     for flag, value, minimum in (("--decode-steps", args.decode_steps, 1), ("--warmup-steps", args.warmup_steps, 0),
                                  ("--repeats", args.repeats, 1), ("--image-batch", args.image_batch, 1),
                                  ("--full-budget", args.full_budget, 0), ("--eval-samples", args.eval_samples, 1),

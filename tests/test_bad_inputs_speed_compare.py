@@ -70,6 +70,8 @@ SPEED_CASES = [  # (argv, exit code, phrase in the last stderr line)
     (["--models", ","], 2, "--models is empty"),
     (["--modes", ""], 2, "--modes is empty"),
     (["--modes", "fastest"], 2, "unknown mode 'fastest'"),
+    (["--eval-workloads", "popee"], 2, "unknown task 'popee'"),
+    (["--eval-workloads", "gqa"], 2, "task 'gqa' declares no throughput workload"),
     (["--model_args", "cfg_scale"], 2, "malformed --model_args entry 'cfg_scale'"),
     (["--preset", "huge", "--models", "omnimamba"], 2, "omnimamba/best cannot be built: model omnimamba: unknown preset 'huge'"),
     (["--report-only"], 2, "no finished points for this selection"),  # the store holds only cuda points
