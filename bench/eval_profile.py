@@ -1,0 +1,127 @@
+"""Where the time of an evaluation batch and of a text-to-image batch goes, per phase (GPU, full size,
+random weights, bf16, warmed at the same shapes first).
+
+    python -m bench.eval_profile --out <folder> [--models omnimamba,showo,janusflow] [--batch 16]
+
+Per model: host preparation of a POPE-shaped batch (`prepare_text`), the model call (`generate_prepared`),
+and inside it the phases each adapter exposes (OmniMamba: vision towers + projector, prompt assembly,
+prefill, decode steps), each timed with a device synchronisation around it (so the phases add up to a
+slower call than the pipelined one; the point is their shares). Also the profiler's top kernels of one
+OmniMamba batch and, for OmniMamba, a text-to-image batch split into image tokens, VQ decode and the
+conversion to PIL images. Writes eval_profile.json into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from omnibench.protocol import Request
+from omnibench.registry import get_model_class
+from omnibench.tasks.pope import Pope
+
+from .batched_prefill import top_kernels
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, *args, **kwargs):
+    sync()
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    sync()
+    return out, time.perf_counter() - t0
+
+
+@contextmanager
+def phases(obj, names: list[str], record: dict[str, float]):
+    """Wrap obj.<name> for each name so that every call adds its synchronised time to record[name]."""
+    originals = {n: getattr(obj, n) for n in names}
+
+    def wrap(name, fn):
+        def inner(*args, **kwargs):
+            out, s = timed(fn, *args, **kwargs)
+            record[name] += s
+            return out
+        return inner
+    for n, fn in originals.items():
+        setattr(obj, n, wrap(n, fn))
+    try:
+        yield
+    finally:
+        for n in names:
+            delattr(obj, n)  # the instance attribute goes; the class's method shows through again
+
+
+def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str) -> dict:
+    adapter = get_model_class(name)(device=device, dtype="bfloat16", preset=preset)
+    requests = Pope.throughput_requests(batch)
+    items = adapter.prepare_text(requests)
+    adapter.generate_prepared(items)  # warm at this batch
+    adapter.generate_prepared(items)
+    out: dict = {"batch": batch}
+    _, out["prepare_text_s"] = timed(adapter.prepare_text, requests)
+    calls = [timed(adapter.generate_prepared, items)[1] for _ in range(repeats)]
+    out["generate_prepared_s"] = sorted(calls)[len(calls) // 2]
+    out["samples_per_s_model_only"] = batch / out["generate_prepared_s"]
+    record: dict[str, float] = defaultdict(float)
+    if name == "omnimamba":
+        m = adapter.model
+        with phases(m, ["image_features", "prefill"], record), phases(adapter, ["mmu_embeddings", "decode_step"], record):
+            _, total = timed(adapter.generate_prepared, items)
+        out["phases_s"] = dict(record, total_synchronised=total)
+        out["top_kernels"] = top_kernels(lambda: adapter.generate_prepared(items), n=25)
+    return out
+
+
+def t2i_phases(batch: int, device: str, preset: str) -> dict:
+    from omnibench.models.omnimamba import OmniMambaAdapter
+    adapter = OmniMambaAdapter(device=device, dtype="bfloat16", preset=preset)
+    requests = [Request(f"t2i_{i}", "A Picture", seed=i) for i in range(batch)]
+    adapter.generate_images(requests)
+    adapter.generate_images(requests)
+    with torch.inference_mode():
+        codes, tok_s = timed(adapter.generate_image_tokens, requests)
+        pixels, vq_s = timed(adapter.model.llm_backbone.vqvae.decode_code, codes)
+    _, total = timed(adapter.generate_images, requests)
+    steps = adapter.model.config.num_image_tokens
+    return {"batch": batch, "image_tokens_s": tok_s, "per_step_ms": tok_s / steps * 1e3, "vq_decode_s": vq_s,
+            "generate_images_s": total, "images_per_s": batch / total,
+            "top_kernels_tokens": top_kernels(lambda: adapter.generate_image_tokens(requests), n=12),
+            "top_kernels_vq": top_kernels(lambda: adapter.model.llm_backbone.vqvae.decode_code(codes), n=8)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--models", default="omnimamba,showo,janusflow")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-t2i", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--preset", default="full", help="full (1.3B, random weights) or tiny (a CPU dry run)")
+    args = parser.parse_args()
+    result = {"gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "torch": torch.__version__, "eval": {}}
+    for name in args.models.split(","):
+        result["eval"][name] = eval_phases(name, args.batch, args.repeats, args.device, args.preset)
+        torch.cuda.empty_cache()
+        print(name, json.dumps({k: v for k, v in result["eval"][name].items() if k != "top_kernels"}), flush=True)
+    if not args.no_t2i:
+        result["t2i"] = t2i_phases(args.batch, args.device, args.preset)
+        print("t2i", json.dumps({k: v for k, v in result["t2i"].items() if not k.startswith("top")}), flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "eval_profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    for row in result["eval"].get("omnimamba", {}).get("top_kernels", []):
+        print(f"  {row['cuda_ms']:9.2f} ms  {row['calls']:6d}  {row['kernel']}")
+
+
+if __name__ == "__main__":
+    main()
