@@ -3,7 +3,8 @@ random weights, bf16, warmed at the same shapes first).
 
     python -m bench.eval_profile --out <folder> [--models omnimamba,showo,janusflow] [--batch 16]
 
-Per model: host preparation of a POPE-shaped batch (`prepare_text`), the model call (`generate_prepared`),
+Per model: the speed sweep's pipelined POPE-shaped evaluation (omnibench.speed) with the host preparation
+in the main process and in worker processes, host preparation of one batch (`prepare_text`), the model call (`generate_prepared`),
 and inside it the phases each adapter exposes (OmniMamba: vision towers + projector, prompt assembly,
 prefill, decode steps), each timed with a device synchronisation around it (so the phases add up to a
 slower call than the pipelined one; the point is their shares). Also the profiler's top kernels of one
@@ -61,7 +62,7 @@ def phases(obj, names: list[str], record: dict[str, float]):
             delattr(obj, n)  # the instance attribute goes; the class's method shows through again
 
 
-def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str) -> dict:
+def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, pipeline_samples: int) -> dict:
     adapter = get_model_class(name)(device=device, dtype="bfloat16", preset=preset)
     requests = Pope.throughput_requests(batch)
     items = adapter.prepare_text(requests)
@@ -72,6 +73,12 @@ def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str) -
     calls = [timed(adapter.generate_prepared, items)[1] for _ in range(repeats)]
     out["generate_prepared_s"] = sorted(calls)[len(calls) // 2]
     out["samples_per_s_model_only"] = batch / out["generate_prepared_s"]
+    from omnibench.prep import default_workers
+    from omnibench.speed import SweepConfig, _eval_speed_safely
+    for workers in sorted({0, default_workers(device)}):  # the speed point's pipeline, host prep here or in workers
+        cfg = SweepConfig(models=[name], device=device, eval_samples=pipeline_samples, eval_batch=batch,
+                          prep_workers=workers)
+        out[f"pipeline_prep_workers_{workers}"] = _eval_speed_safely(adapter, "pope", cfg)
     record: dict[str, float] = defaultdict(float)
     if name == "omnimamba":
         m = adapter.model
@@ -106,12 +113,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-t2i", action="store_true")
+    parser.add_argument("--pipeline-samples", type=int, default=128, help="POPE-shaped requests of the pipelined runs")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preset", default="full", help="full (1.3B, random weights) or tiny (a CPU dry run)")
     args = parser.parse_args()
     result = {"gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "torch": torch.__version__, "eval": {}}
     for name in args.models.split(","):
-        result["eval"][name] = eval_phases(name, args.batch, args.repeats, args.device, args.preset)
+        result["eval"][name] = eval_phases(name, args.batch, args.repeats, args.device, args.preset, args.pipeline_samples)
         torch.cuda.empty_cache()
         print(name, json.dumps({k: v for k, v in result["eval"][name].items() if k != "top_kernels"}), flush=True)
     if not args.no_t2i:

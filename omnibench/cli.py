@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", default=None, help="first N samples of each task, or a fraction in (0, 1)")
     p.add_argument("--batch_size", type=batch_size, default=1, help="samples per batch: a number, or auto (the "
                    "largest that fits, from 64 down, halved on out-of-memory)")
+    p.add_argument("--prep_workers", type=int, default=None, help="processes that resize images and tokenize "
+                   "the next batch while the model answers this one (default: up to 8 on a GPU, 0 on CPU; 0: "
+                   "in the main process). Answers do not depend on it")
     p.add_argument("--gen_kwargs", default="", help="generation settings for every task, as lmms-eval: "
                    "max_new_tokens=N (greedy decoding only)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -87,6 +90,8 @@ def parse_config(argv: list[str]) -> RunConfig | None:
         raise OmnibenchError("--model is required (see --tasks list for the known models)")
     if args.batch_size != "auto":
         check_at_least("--batch_size", args.batch_size, 1)
+    if args.prep_workers is not None:
+        check_at_least("--prep_workers", args.prep_workers, 0)
     if not tasks:
         raise OmnibenchError("--tasks is empty: give a comma list of tasks (see --tasks list)")
     if args.resume and args.overwrite:
@@ -101,7 +106,7 @@ def parse_config(argv: list[str]) -> RunConfig | None:
     return RunConfig(model=args.model, model_args=parse_kv(args.model_args, "--model_args"), tasks=tasks,
                      task_args=task_args, limit=parse_limit(args.limit), gen_kwargs=parse_gen_kwargs(args.gen_kwargs),
                      log_samples_suffix=args.log_samples_suffix,
-                     batch_size=args.batch_size, device=device, dtype=args.dtype, seed=args.seed,
+                     batch_size=args.batch_size, prep_workers=args.prep_workers, device=device, dtype=args.dtype, seed=args.seed,
                      output_path=args.output_path, log_samples=args.log_samples, resume=args.resume,
                      overwrite=args.overwrite)
 

@@ -168,6 +168,7 @@ class RunConfig:
     task_args: dict[str, str] = field(default_factory=dict)
     limit: float | None = None
     batch_size: int | str = 1  # or "auto": the runner finds the largest batch that fits
+    prep_workers: int | None = None  # host-side preparation processes; None: omnibench.prep.default_workers
     device: str = "cpu"
     dtype: str = "auto"
     seed: int = 0

@@ -222,6 +222,12 @@ class ModelAdapter(abc.ABC):
         Default: nothing to do ahead; the items are the requests."""
         return list(requests)
 
+    def preprocessor(self) -> Callable[[Sequence[Request]], list[Any]] | None:
+        """`prepare_text` as a picklable function of the requests alone (tokenizer and sizes bound in, no
+        model), which `prepare_text` itself calls, so worker processes can run it (omnibench.prep);
+        None (default): the work needs the adapter, it runs on the caller's thread."""
+        return None
+
     def generate_prepared(self, items: Sequence[Any]) -> list[str]:
         """`generate_text` on `prepare_text`'s items; the same answers as `generate_text` on their requests."""
         return self.generate_text(items)

@@ -31,6 +31,7 @@ from omnibench.cache import SampleCache, atomic_write_text
 from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
 from omnibench.errors import free_accelerator_memory, is_out_of_memory
 from omnibench.manifest import build_manifest
+from omnibench.prep import HostPrep, default_workers
 from omnibench.protocol import Doc, Docs, ModelAdapter, OmnibenchError, Request, Task
 
 log = logging.getLogger("omnibench")
@@ -166,6 +167,8 @@ class Runner:
         # Samples per model call; with --batch_size auto, halved for the rest of the run on out-of-memory.
         # It is in no sample's identity: a request's answer does not depend on the batch it was in.
         self.ahead = OneAhead()
+        self.prep_workers = cfg.prep_workers if cfg.prep_workers is not None else default_workers(cfg.device)
+        self._prep: HostPrep | None = None
         self.auto_batch = cfg.batch_size == "auto"
         self.batch_size = AUTO_BATCH_CAP if self.auto_batch else int(cfg.batch_size)
         self._batch_logged = False
@@ -193,7 +196,12 @@ class Runner:
             if len(set(ids)) != len(ids):
                 raise OmnibenchError(f"task {task.name}: sample ids are not unique; the dataset has duplicate rows")
             cache = SampleCache(self.dir / "cache", self.chash, task.name, self.rank)
-            timing[task.name] = self._generate(task, docs, n, cache)
+            try:
+                timing[task.name] = self._generate(task, docs, n, cache)
+            finally:
+                if self._prep is not None:  # the workers go with the task's last batch
+                    self._prep.close()
+                    self._prep = None
             dist.barrier()
             self._drop_replaced()
             fingerprints[task.name] = task.fingerprint()
@@ -350,10 +358,16 @@ class Runner:
         self._save(ready, cache)
         if pending:
             reqs = [req for _, _, req, _ in pending]
-            items = reqs if task.output_type == "image" else self.model.prepare_text(reqs)
+            items = reqs if task.output_type == "image" else self._prepared(reqs)
             # The batch in flight is on disk before this one starts (a few ms of fsync between two calls).
             self._save_finished(self.ahead.swap(None), cache, bar)
             self.ahead.swap(lambda: self._run_batch(task, pending, items, scoring), len(pending))
+
+    def _prepared(self, reqs: list[Request]) -> list[Any]:
+        """The adapter's host-side preparation of a batch, in `prep_workers` processes (omnibench.prep)."""
+        if self._prep is None:
+            self._prep = HostPrep(self.model, self.prep_workers)
+        return self._prep(reqs)
 
     def _save_finished(self, finished: tuple[int, list[dict[str, Any]]] | None, cache: SampleCache, bar: tqdm) -> None:
         if finished is not None:
@@ -497,6 +511,7 @@ class Runner:
             "manifest": build_manifest(cfg.to_dict(), fingerprints, {
                 "world_size": self.world, "identity": identity_info,
                 "batch_size_chosen": self.batch_size,  # --batch_size auto's pick (else the number given)
+                "prep_workers": self.prep_workers,
                 "model_provenance": self._model.provenance() if self._model is not None else "model not loaded "
                                     "(every sample came from the cache)"}, argv=cfg.argv),
         }

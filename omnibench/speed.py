@@ -129,6 +129,7 @@ class SweepConfig:
     eval_workloads: list[str] = field(default_factory=lambda: list(EVAL_WORKLOADS))
     eval_samples: int = 256
     eval_batch: int = 16
+    prep_workers: int | None = None  # host-side preparation processes of the evaluation points (None: default_workers)
     fid_features: int = 0  # images for the Inception-rate point of the FID-30K estimate (0: not measured)
     fid_workers: int = 8
     output_dir: str = "results/speed"
@@ -512,17 +513,21 @@ def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -
     batches of `cfg.eval_batch`, sorted by prompt length (the runner sorts within a pool of four batches):
     one untimed pass over every batch (each batch shape warmed), then one timed pass (preprocessing of the
     images included, overlapped with the model's work as in the runner)."""
+    from omnibench.prep import HostPrep, default_workers
     from omnibench.runner import OneAhead
 
     requests = sorted(eval_requests(workload, cfg.eval_samples), key=lambda r: len(r.prompt))
     batches = [requests[i:i + cfg.eval_batch] for i in range(0, len(requests), cfg.eval_batch)]
     timer = Timer(cfg.device)
+    workers = cfg.prep_workers if cfg.prep_workers is not None else default_workers(cfg.device)
+    prep = HostPrep(adapter, workers)
 
     def run() -> int:
-        """As the runner sends them: the host prepares batch i + 1 while the model answers batch i."""
+        """As the runner sends them: the host prepares batch i + 1 (in `workers` processes) while the model
+        answers batch i."""
         ahead, answered = OneAhead(), 0
         for batch in batches:
-            items = adapter.prepare_text(batch)
+            items = prep(batch)
             finished = ahead.swap(None)  # the batch in flight ends (the runner writes it here)
             answered += len(finished[1]) if finished else 0
             ahead.swap(lambda items=items: adapter.generate_prepared(items))
@@ -530,18 +535,21 @@ def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -
         return answered + (len(finished[1]) if finished else 0)
 
     def measure() -> dict[str, Any]:
-        run()
+        run()  # also starts the preparation workers
         if cfg.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         answered, seconds = timer(run)
         tokens = [int(r.gen_kwargs.get("max_new_tokens", 0)) for r in requests]
         out = {"status": "ok", "samples": answered, "batch": cfg.eval_batch, "total_seconds": seconds,
-               "samples_per_second": answered / seconds, "max_new_tokens": max(tokens),
+               "samples_per_second": answered / seconds, "max_new_tokens": max(tokens), "prep_workers": prep.workers,
                "image_size": list(requests[0].images[0].size) if requests[0].images else None}
         if cfg.device.startswith("cuda"):
             out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
         return out
-    return _guarded(measure)
+    try:
+        return _guarded(measure)
+    finally:
+        prep.close()
 
 
 def with_totals(points: list[dict[str, Any]]) -> list[dict[str, Any]]:

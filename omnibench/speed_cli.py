@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "mode ('none' for none)")
     p.add_argument("--eval-samples", type=int, default=256, help="requests per evaluation-throughput workload")
     p.add_argument("--eval-batch", type=int, default=16, help="batch size of the evaluation-throughput workloads")
+    p.add_argument("--prep-workers", type=int, default=None, help="processes preparing the evaluation batches' "
+                   "images and prompts, as run_eval.py's --prep_workers (default: up to 8 on a GPU, 0 on CPU)")
     p.add_argument("--fid-features", type=int, default=0, help="time Inception feature extraction over this many "
                    "images for the FID-30K wall-clock estimate (0: not measured)")
     p.add_argument("--fid-workers", type=int, default=8, help="DataLoader workers of the Inception-rate point")
@@ -99,6 +101,7 @@ def to_config(args: argparse.Namespace) -> SweepConfig:
                                  ("--repeats", args.repeats, 1), ("--image-batch", args.image_batch, 1),
                                  ("--full-budget", args.full_budget, 0), ("--eval-samples", args.eval_samples, 1),
                                  ("--eval-batch", args.eval_batch, 1),
+                                 ("--prep-workers", 0 if args.prep_workers is None else args.prep_workers, 0),
                                  ("--fid-features", args.fid_features, 0), ("--fid-workers", args.fid_workers, 0)):
         check_at_least(flag, value, minimum)
     check_at_least("--point-timeout", args.point_timeout, 0, exclusive=True)
@@ -112,6 +115,7 @@ def to_config(args: argparse.Namespace) -> SweepConfig:
                        warmup_steps=args.warmup_steps, repeats=args.repeats, point_timeout_s=args.point_timeout,
                        full_generation_budget_s=args.full_budget, image_batch=args.image_batch,
                        eval_workloads=workloads, eval_samples=args.eval_samples, eval_batch=args.eval_batch,
+                       prep_workers=args.prep_workers,
                        fid_features=args.fid_features, fid_workers=args.fid_workers,
                        output_dir=str(check_writable_dir(args.output_dir, "--output-dir")),
                        model_args=parse_kv(args.model_args, "--model_args"), report_only=args.report_only, gpu=args.gpu)

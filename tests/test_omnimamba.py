@@ -572,3 +572,36 @@ def test_a_checkpoint_lacking_part_of_a_submodule_stays_a_strict_error(tmp_path)
     _checkpoint_without(tmp_path, "llm_backbone.vqvae.quant_conv.weight")
     with pytest.raises(OmnibenchError, match=r"missing key\(s\) llm_backbone\.vqvae\.quant_conv\.weight"):
         from_pretrained(str(tmp_path / "ckpt"), sources={"vq_weights": "/nowhere"})
+
+
+def test_prefill_with_the_lora_merged_equals_the_separate_branch(model):
+    """merge_lora (mode=best) reads in_proj as one GEMM on W + s B A: in float64 the same function as
+    upstream's separate branch, for each route's own LoRA (non-zero here, so a branch left out or the
+    other route's would show)."""
+    import copy
+
+    model = copy.deepcopy(model)  # the module's fixture stays as it was
+    ids = torch.randint(0, model.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(3))
+    embeds = model.with_mmu_positions(model.text_embeddings(ids))
+    g = torch.Generator().manual_seed(4)
+    for layer in model.lm.backbone.layers:
+        for route in ("mmu", "t2i"):
+            b = getattr(layer.mixer.in_proj, f"{route}_lora_B0").weight
+            b.data = torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.05
+    with torch.inference_mode():
+        for route in ("mmu", "t2i"):
+            apart = model(embeds, route)
+            model.set_merged_lora(True)
+            merged = model(embeds, route)
+            model.set_merged_lora(False)
+            assert (merged - apart).abs().max() < 1e-10 * apart.abs().max()
+        assert (model(embeds, "mmu") - model(embeds, "t2i")).abs().max() > 1e-3
+
+
+def test_best_mode_merges_the_lora_and_as_published_does_not():
+    best = OmniMambaAdapter(preset="tiny")
+    published = OmniMambaAdapter(preset="tiny", mode="as_published")
+    forced = OmniMambaAdapter(preset="tiny", merge_lora="false")
+    assert best.speed_settings()["merged_lora_prefill"] is True
+    assert published.speed_settings()["merged_lora_prefill"] is False
+    assert forced.speed_settings()["merged_lora_prefill"] is False

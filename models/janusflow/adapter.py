@@ -79,6 +79,16 @@ class DecodeState:
     logits: torch.Tensor
 
 
+def prepare_requests(requests: Sequence[Request], tokenizer, bos_id: int, processing: ImageProcessing,
+                     system_prompt: str) -> list[Prepared]:
+    """Host side of understanding: every image preprocessed, the chat prompt (one <image_placeholder> line
+    per image) tokenized as `JanusFlowAdapter.encode`. Picklable with its arguments bound."""
+    return [Prepared(r, [preprocess(img, processing) for img in r.images],
+                     [bos_id] + tokenizer.encode(sft_prompt("".join(f"{IMAGE_TAG}\n" for _ in r.images) + r.prompt,
+                                                            system_prompt), add_special_tokens=False))
+            for r in requests]
+
+
 class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
     """JanusFlow for understanding (`generate_text`, greedy) and text-to-image (`generate_images`).
 
@@ -156,13 +166,12 @@ class JanusFlowAdapter(ModelAdapter, SpeedProtocol):
         return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
     # -- understanding --
+    def preprocessor(self):
+        return functools.partial(prepare_requests, tokenizer=self.tokenizer, bos_id=self.bos_id,
+                                 processing=self.processing, system_prompt=self.system_prompt)
+
     def prepare_text(self, requests: Sequence[Request]) -> list[Prepared]:
-        """Host side: every image preprocessed, the chat prompt (one <image_placeholder> line per image)
-        tokenized."""
-        return [Prepared(r, [preprocess(img, self.processing) for img in r.images],
-                         self.encode(sft_prompt("".join(f"{IMAGE_TAG}\n" for _ in r.images) + r.prompt,
-                                                self.system_prompt)))
-                for r in requests]
+        return self.preprocessor()(requests)
 
     def mmu_inputs(self, items: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids (B, L), attention mask (B, L) and input embeddings (B, L, D) -- `prefill`'s

@@ -2,7 +2,8 @@
 
 model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba), `preset=tiny` (random
 tiny model for tests) or `preset=full` (full size, random weights: speed and memory only); `mode=best`
-(CUDA-graph decode steps with the norms fused into the GEMVs, default) or `mode=as_published` (eager
+(CUDA-graph decode steps with the norms fused into the GEMVs, the LoRA merged into in_proj for prefill;
+default) or `mode=as_published` (eager
 decode steps on mamba-ssm's ops);
 T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
 top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
@@ -11,6 +12,7 @@ separate norm kernels in decode steps.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,6 +59,13 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int,
     return picks if index is None else index.gather(1, picks[:, None])[:, 0]
 
 
+def prepare_requests(requests: Sequence[Request], tokenizer, size: int, template: str) -> list[Prepared]:
+    """Host side of understanding: the first image resized (uint8), the prompt in `template` tokenized
+    (GPT-NeoX adds no BOS). Picklable with its arguments bound, for worker processes."""
+    return [Prepared(r, [resized(r.images[0], size)] if r.images else [],
+                     tokenizer(mmu_prompt(r.prompt, template)).input_ids) for r in requests]
+
+
 class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     """OmniMamba for understanding (`generate_text`) and text-to-image (`generate_images`).
 
@@ -75,6 +84,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         mode_arg("CUDA-graph decode with fused norms", "upstream's eager decode on mamba-ssm's ops"),
         Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
         Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
+        Arg("merge_lora", bool, None, "prefill reads in_proj with the task's LoRA merged into its weight, one GEMM, "
+            "as decode steps do (default: true in mode=best; false: upstream's separate LoRA branch)"),
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
         Arg("top_k", int, 1, "text-to-image top-k (1: greedy, upstream's default; 0: all)"),
         Arg("cfg_scale", float, 1.0, "text-to-image classifier-free guidance (1: none, upstream's default)"),
@@ -105,6 +116,7 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         best = self.mode == "best"
         self.model.use_cuda_graphs = best if args["cuda_graphs"] is None else args["cuda_graphs"]
         self.model.use_fused_decode = best if args["fused_decode"] is None else args["fused_decode"]
+        self.model.set_merged_lora(best if args["merge_lora"] is None else args["merge_lora"])
         self.temperature, self.top_k, self.cfg_scale = args["temperature"], args["top_k"], args["cfg_scale"]
         tok = self.tokenizer
         self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
@@ -134,11 +146,12 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
         return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
 
+    def preprocessor(self):
+        return functools.partial(prepare_requests, tokenizer=self.tokenizer, size=self.model.config.vision.image_size,
+                                 template=self.args["prompt"])
+
     def prepare_text(self, requests: Sequence[Request]) -> list[Prepared]:
-        """Host side: the first image resized (uint8), the prompt tokenized."""
-        s = self.model.config.vision.image_size
-        return [Prepared(r, [resized(r.images[0], s)] if r.images else [], self.mmu_text_ids(r.prompt))
-                for r in requests]
+        return self.preprocessor()(requests)
 
     def generate_text(self, requests: Sequence[Request]) -> list[str]:
         return self.generate_prepared(self.prepare_text(requests))
@@ -212,6 +225,7 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         kernels = use_kernels(self._device)  # graphs and fused kernels run only where the kernels do
         return {"cuda_graphs": kernels and self.model.use_cuda_graphs,
                 "fused_decode": kernels and self.model.use_fused_decode,
+                "merged_lora_prefill": self.model.lm.backbone.layers[0].mixer.merge_lora,
                 "ssm_kernels": "mamba-ssm (Triton)" if kernels else "PyTorch", "cache": "recurrent state"}
 
     @classmethod

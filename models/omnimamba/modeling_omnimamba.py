@@ -177,7 +177,10 @@ def derived(module: nn.Module, name: str, sources: tuple[torch.Tensor, ...], com
     key = tuple((t.data_ptr(), t._version) for t in sources)
     cache = module.__dict__.setdefault("_derived", {})
     if name not in cache or cache[name][0] != key:
-        cache[name] = (key, compute())
+        # A plain tensor without history, whether first asked for under inference_mode or not, so that
+        # calls in either mode can use it.
+        with torch.inference_mode(False), torch.no_grad():
+            cache[name] = (key, compute())
     return cache[name][1]
 
 
@@ -201,6 +204,7 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(di, 1e-5, g)
         self.out_proj = nn.Linear(di, cfg.d_model, bias=False)
         self.allow_kernels = True
+        self.merge_lora = False  # OmniMamba.set_merged_lora
 
     def _split(self, zxbcdt):
         di = self.cfg.d_inner
@@ -221,7 +225,9 @@ class Mamba2Mixer(nn.Module):
         gathered there, and the padding's dt is zero, so the SSM state passes through it unchanged
         (exp(A*0) = 1, dt*B*x = 0)."""
         b, l, _ = u.shape
-        z, xbc, dt = self._split(self.in_proj(u, route))
+        # merge_lora: one GEMM on W + s B A (as decode steps use) instead of W, then A and B, scaled, added
+        zxbcdt = F.linear(u, self.in_proj.merged(route)) if self.merge_lora else self.in_proj(u, route)
+        z, xbc, dt = self._split(zxbcdt)
         fast = self.allow_kernels and use_kernels(u.device)
         d_conv = self.cfg.d_conv
         if conv_state is not None and lengths is None:  # the last d_conv inputs (zero-padded on the left)
@@ -412,6 +418,13 @@ class OmniMamba(nn.Module):
             if hasattr(mod, "allow_kernels"):
                 mod.allow_kernels = enabled
         self.use_cuda_graphs = enabled
+
+    def set_merged_lora(self, enabled: bool) -> None:
+        """Whole-sequence passes (prefill) read in_proj with the route's LoRA merged into its weight, one
+        GEMM, as decode steps always do; off: the frozen weight and the LoRA branch apart, as upstream's
+        forward (in bf16 the two round differently; in fp32 they agree to ~1e-6)."""
+        for layer in self.lm.backbone.layers:
+            layer.mixer.merge_lora = enabled
 
     @property
     def lm(self) -> MambaLMHeadModel:

@@ -19,6 +19,7 @@ dtype `auto` is float32, as every upstream inference script runs.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -65,6 +66,13 @@ def t2i_settings(num_vq_tokens: int, guidance_scale: float | None, timesteps: in
     published = T2I_DEFAULTS.get(num_vq_tokens, T2I_DEFAULTS[1024])
     return (published["guidance_scale"] if guidance_scale is None else guidance_scale,
             published["generation_timesteps"] if timesteps is None else timesteps)
+
+
+def prepare_requests(requests: Sequence[Request], tokenizer, resolution: int) -> list[Prepared]:
+    """Host side of understanding: the first image transformed to pixels, the question tokenized.
+    Picklable with its arguments bound, for worker processes."""
+    return [Prepared(r, [image_transform(r.images[0], resolution)] if r.images else [],
+                     tokenizer(mmu_question(r.prompt), add_special_tokens=False)["input_ids"]) for r in requests]
 
 
 class ShowoAdapter(ModelAdapter, SpeedProtocol):
@@ -134,11 +142,11 @@ class ShowoAdapter(ModelAdapter, SpeedProtocol):
         return torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self._device)
 
     # -- understanding --
+    def preprocessor(self):
+        return functools.partial(prepare_requests, tokenizer=self.tokenizer, resolution=self.resolution)
+
     def prepare_text(self, requests: Sequence[Request]) -> list[Prepared]:
-        """Host side: the first image transformed to pixels, the question tokenized."""
-        return [Prepared(r, [image_transform(r.images[0], self.resolution)] if r.images else [],
-                         self.tokenizer(mmu_question(r.prompt), add_special_tokens=False)["input_ids"])
-                for r in requests]
+        return self.preprocessor()(requests)
 
     def mmu_ids(self, items: Sequence[Prepared]) -> torch.Tensor:
         """[<|mmu|>, <|soi|>, image tokens, <|eoi|>, <|sot|>] + tok("USER: \\n{q} ASSISTANT:"), left-padded.
