@@ -82,6 +82,13 @@ def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, p
     record: dict[str, float] = defaultdict(float)
     if name == "omnimamba":
         m = adapter.model
+        with torch.inference_mode():  # the towers' CUDA graph against the same towers run eagerly
+            pixels = torch.stack([p.pixels[0] for p in items])
+            graphed, out["vision_graphed_s"] = timed(m.image_features, pixels)
+            m.use_cuda_graphs = False
+            eager, out["vision_eager_s"] = timed(m.image_features, pixels)
+            m.use_cuda_graphs = True
+            out["vision_graphed_vs_eager_max_abs"] = (graphed.float() - eager.float()).abs().max().item()
         with phases(m, ["image_features", "prefill"], record), phases(adapter, ["mmu_embeddings", "decode_step"], record):
             _, total = timed(adapter.generate_prepared, items)
         out["phases_s"] = dict(record, total_synchronised=total)

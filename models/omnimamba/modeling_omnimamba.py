@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -400,7 +400,7 @@ class OmniMamba(nn.Module):
         self.vision_backbone = DinoSigLIPBackbone(cfg.vision)
         self.projector = FusedMLPProjector(cfg.vision.embed_dim, cfg.d_model)
         self.llm_backbone = LLMBackbone(cfg)
-        self._graphs: dict[tuple[Route, int], _GraphedStep] = {}
+        self._graphs: dict[tuple, Any] = {}  # decode steps by (route, batch), vision graphs by pixel shape
         self._graph_pool = None
         self.use_cuda_graphs = True
         self.use_fused_decode = True  # fused.py's norm+GEMV kernels in decode steps (CUDA, batch <= 8)
@@ -435,8 +435,25 @@ class OmniMamba(nn.Module):
         return self.lm.backbone.embedding(ids)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(b, 729, d_model) understanding features of preprocessed (resized uint8) images."""
-        feats = self.vision_backbone(pixels.to(self.lm.backbone.embedding.weight.device, non_blocking=True))
+        """(b, 729, d_model) understanding features of preprocessed (resized uint8) images. With CUDA graphs
+        on (and the kernels available), the two towers and the projector replay one graph per batch shape:
+        their ~1,000 small launches are the host's work, not the device's."""
+        pixels = pixels.to(self.lm.backbone.embedding.weight.device, non_blocking=True)
+        if not (self.use_cuda_graphs and use_kernels(pixels.device)):
+            return self._image_features(pixels)
+        key = ("vision", tuple(pixels.shape))
+        if key not in self._graphs:
+            static = torch.zeros_like(pixels)
+            graph, out = self.graph_pool.capture(lambda: self._image_features(static),
+                                                 lambda: self._image_features(static), pixels.device)
+            self._graphs[key] = (static, graph, out)
+        static, graph, out = self._graphs[key]
+        static.copy_(pixels)
+        graph.replay()
+        return out.clone()
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        feats = self.vision_backbone(pixels)
         return self.projector(feats.to(self.projector.projector[0].weight.dtype))
 
     def caption_embeddings(self, ids: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ with timm, so its checkpoint holds timm names (`vision_backbone.dino_featurizer.
 `models.common.timm_names` maps the two (the fused qkv is split/joined)."""
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,9 +55,15 @@ def resized(img: Image.Image, size: int) -> torch.Tensor:
 
 def normalised(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     """timm's ToTensor + Normalize on uint8 (b, 3, s, s): x / 255, minus mean, over std, in float32."""
-    m = torch.tensor(mean, dtype=torch.float32, device=pixels.device)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32, device=pixels.device)[:, None, None]
+    m, s = _per_channel(tuple(mean), pixels.device), _per_channel(tuple(std), pixels.device)
     return (pixels.float() / 255.0 - m) / s
+
+
+@functools.lru_cache(maxsize=None)
+def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(c, 1, 1) float32 constants, made once per device: a CUDA-graph capture of the towers cannot copy
+    them from the host."""
+    return torch.tensor(values, dtype=torch.float32, device=device)[:, None, None]
 
 
 class DinoSigLIPBackbone(nn.Module):
