@@ -7,7 +7,8 @@ decode steps on mamba-ssm's ops);
 T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
 top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
 "A picture"); `cuda_graphs=false` to decode eagerly on GPU, `fused_decode=false` for mamba-ssm's
-separate norm kernels in decode steps.
+separate norm, conv and state-update kernels in decode steps; `ssm_state=float32` keeps the recurrent
+SSM state in fp32 (default `model`: the model's dtype, as upstream).
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         mode_arg("CUDA-graph decode with fused norms", "upstream's eager decode on mamba-ssm's ops"),
         Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
         Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
+        Arg("ssm_state", str, "model", "dtype of the recurrent SSM state: the model's, as upstream, or float32",
+            ("model", "float32")),
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
         Arg("top_k", int, 1, "text-to-image top-k (1: greedy, upstream's default; 0: all)"),
         Arg("cfg_scale", float, 1.0, "text-to-image classifier-free guidance (1: none, upstream's default)"),
@@ -105,6 +108,7 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         best = self.mode == "best"
         self.model.use_cuda_graphs = best if args["cuda_graphs"] is None else args["cuda_graphs"]
         self.model.use_fused_decode = best if args["fused_decode"] is None else args["fused_decode"]
+        self.model.ssm_state_dtype = args["ssm_state"]
         self.temperature, self.top_k, self.cfg_scale = args["temperature"], args["top_k"], args["cfg_scale"]
         tok = self.tokenizer
         self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
@@ -208,11 +212,14 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         return self.model.step(state, token.to(self._device))
 
     def speed_settings(self) -> dict[str, Any]:
+        from .fused import pdl_enabled
         from .ssd import use_kernels
         kernels = use_kernels(self._device)  # graphs and fused kernels run only where the kernels do
-        return {"cuda_graphs": kernels and self.model.use_cuda_graphs,
-                "fused_decode": kernels and self.model.use_fused_decode,
-                "ssm_kernels": "mamba-ssm (Triton)" if kernels else "PyTorch", "cache": "recurrent state"}
+        fused = kernels and self.model.use_fused_decode
+        return {"cuda_graphs": kernels and self.model.use_cuda_graphs, "fused_decode": fused,
+                "pdl": fused and pdl_enabled(self._device),
+                "ssm_kernels": "mamba-ssm (Triton)" if kernels else "PyTorch", "cache": "recurrent state",
+                "ssm_state": self.model.ssm_state_dtype}
 
     @classmethod
     def weights_warning(cls, args: dict[str, Any]) -> str | None:
