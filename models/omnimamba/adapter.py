@@ -2,8 +2,8 @@
 
 model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba), `preset=tiny` (random
 tiny model for tests) or `preset=full` (full size, random weights: speed and memory only); `mode=best`
-(CUDA-graph decode steps with the norms fused into the GEMVs, default) or `mode=as_published` (eager
-decode steps on mamba-ssm's ops);
+(CUDA-graph decode steps on fused.py's kernels: norms and conv inside the GEMVs, default) or
+`mode=as_published` (eager decode steps on mamba-ssm's ops);
 T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
 top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
 "A picture"); `cuda_graphs=false` to decode eagerly on GPU, `fused_decode=false` for mamba-ssm's
@@ -73,9 +73,10 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     ARGS = (
         Arg("pretrained", str, DEFAULT_PRETRAINED, "checkpoint: a folder, an OmniMamba-1.3b.pth file or a hub id"),
         PRESET_ARG,
-        mode_arg("CUDA-graph decode with fused norms", "upstream's eager decode on mamba-ssm's ops"),
+        mode_arg("CUDA-graph decode on fused kernels", "upstream's eager decode on mamba-ssm's ops"),
         Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
-        Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
+        Arg("fused_decode", bool, None, "decode steps on fused.py's kernels: norms and the conv update folded "
+            "into the GEMVs, its own state update (default: true in mode=best)"),
         Arg("ssm_state", str, "model", "dtype of the recurrent SSM state: the model's, as upstream, or float32",
             ("model", "float32")),
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
@@ -103,8 +104,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
             source = str(tiny_checkpoint()) if preset == "tiny" else args["pretrained"]
             self.model, self.tokenizer, self.weight_sources = from_pretrained(
                 source, device, torch_dtype, {k: args[k] for k in ("dino_weights", "siglip_weights", "vq_weights")})
-        # best: decode steps captured in CUDA graphs and the RMSNorms folded into the decode GEMVs
-        # (fused.py); as_published: upstream's eager step loop on mamba-ssm's ops.
+        # best: decode steps captured in CUDA graphs, on fused.py's kernels (three a layer); as_published:
+        # upstream's eager step loop on mamba-ssm's ops.
         best = self.mode == "best"
         self.model.use_cuda_graphs = best if args["cuda_graphs"] is None else args["cuda_graphs"]
         self.model.use_fused_decode = best if args["fused_decode"] is None else args["fused_decode"]
