@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from omnibench.models.omnimamba import fused
 from omnibench.models.omnimamba.checkpoint import random_full
 from omnibench.models.omnimamba.modeling_omnimamba import DecodeState, OmniMamba, OmniMambaConfig
 
@@ -83,7 +84,6 @@ def decode_kernel_checks(cfg: OmniMambaConfig, device: str = "cuda", timed: bool
 
     import torch.nn.functional as F
 
-    from omnibench.models.omnimamba import fused
     from omnibench.models.omnimamba.ssd import conv_update_triton, kernels, ssd_step, use_kernels
 
     g = torch.Generator(device=device).manual_seed(7)
@@ -186,7 +186,6 @@ def gemv_sweep() -> dict:
     as in a decode step. Sets fused.CONFIGS to the fastest configuration per shape."""
     import triton
 
-    from omnibench.models.omnimamba import fused
     from omnibench.models.omnimamba.ssd import kernels
 
     g = torch.Generator(device="cuda").manual_seed(3)
@@ -241,7 +240,6 @@ def gemv_sweep() -> dict:
 def fused_rows_check() -> dict:
     """Fused kernels against the unfused ops for every batch size they take (1..MAX_ROWS), bf16, at the
     decode shapes and the T2I image head: worst relative error per shape."""
-    from omnibench.models.omnimamba import fused
     from omnibench.models.omnimamba.ssd import kernels
 
     g = torch.Generator(device="cuda").manual_seed(5)
@@ -349,8 +347,6 @@ def summation_order_floor(model: OmniMamba, embeds, tokens: list[int]) -> dict:
 def configure(model: OmniMamba, pdl: bool | None = None, **attributes) -> None:
     """Set the decode step's switches (model attributes; `pdl`: fused.USE_PDL) and drop the captured
     graphs, which keep the switches they were captured with."""
-    from omnibench.models.omnimamba import fused
-
     if pdl is not None:
         fused.USE_PDL = pdl
     for name, value in attributes.items():
@@ -411,8 +407,6 @@ def bf16_agreement(model: OmniMamba, embeds, ref: torch.Tensor, ref_tokens: list
 
 @torch.inference_mode()
 def decode_latency(model: OmniMamba, context: int, steps: int = 200) -> dict:
-    from omnibench.models.omnimamba import fused
-
     ids = torch.randint(0, model.config.vocab_size, (1, context), device="cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -435,10 +429,10 @@ def decode_latency(model: OmniMamba, context: int, steps: int = 200) -> dict:
                      "pdl": fused.pdl_enabled(state.position.device), "ssm_state": str(state.ssm[0].dtype)}}
 
 
-# The default step (three kernels a layer, PDL, SSM state in the model dtype) is DEFAULT_STEP; these are
-# timed beside it at the first context. The previous step: norm+in_proj, conv, mamba-ssm's state update,
-# gated norm+out_proj, no PDL, fp32 state.
-DEFAULT_STEP = {"use_fused_decode": True, "fold_conv": True, "pdl": True, "ssm_state_dtype": "model"}
+# The default step (three kernels a layer, PDL unless OMNIBENCH_PDL=0, SSM state in the model dtype) is
+# DEFAULT_STEP; these are timed beside it at the first context. The previous step: norm+in_proj, conv,
+# mamba-ssm's state update, gated norm+out_proj, no PDL, fp32 state.
+DEFAULT_STEP = {"use_fused_decode": True, "fold_conv": True, "pdl": fused.USE_PDL, "ssm_state_dtype": "model"}
 STEP_VARIANTS = {
     "3 kernels, PDL, fp32 state": {"ssm_state_dtype": "float32"},
     "3 kernels, no PDL": {"pdl": False},
@@ -487,7 +481,6 @@ def main() -> None:
     if args.gemv_sweep:
         result["gemv_sweep"] = gemv_sweep()
         lap("gemv_sweep")
-    from omnibench.models.omnimamba import fused
     result["fused_configs"] = {f"{n}x{k}": list(c) for (n, k), c in fused.CONFIGS.items()}
     result["state_update_config"] = list(fused.STATE_CONFIG)
     result["agreement"] = agreement(model, prompt_len=600, steps=64)  # leaves the model in bf16

@@ -23,13 +23,15 @@ in L2 (bench/omnimamba_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
 
 Programmatic Dependent Launch (PDL, compute capability >= 9): each kernel is launched so that it may
 start while the kernel before it is still running. A program first loads what no kernel of the step
-writes, lets the next kernel launch, waits for the previous kernel (`gdc_wait`: it and all its
-memory operations are complete), then loads its inputs and computes. Why the early loads are safe:
+writes, then lets the next kernel launch (`gdc_launch_dependents`, once every program of this one has
+got there), waits for the previous kernel (`gdc_wait`: it and all its memory operations are complete),
+then loads its inputs, computes and stores. So a kernel's early loads may run beside any earlier kernel
+of the step that has not finished yet. Why they are safe:
 - Weights (GEMV rows, norm weights, conv weight and bias, A, D, dt_bias) are written by no kernel.
 - A layer's SSM state is read and written only by that layer's state-update kernel. The same kernel of
   the previous step is finished: every step begins with ordinary (non-PDL) torch launches (the token
-  embedding), which start only once everything before them in the stream is complete. Within a step
-  no other kernel touches that state.
+  embedding), which start only once everything before them in the stream is complete; so do the
+  prefill and the copies that bind a state to a CUDA graph. Within a step no other kernel touches it.
 - Everything else (the input rows, the residual, the conv window, in_proj's output) is loaded after
   `gdc_wait`. Past it, the previous kernel is complete, and so, transitively (it passed its own
   `gdc_wait` before completing), is every kernel before it; all writes also come after `gdc_wait`, so
