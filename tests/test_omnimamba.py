@@ -80,6 +80,19 @@ def test_bf16_scan_rounds_the_scores_where_the_triton_kernel_does():
     assert (y[0] - unrounded).abs().max() > 1e-4  # the rounding is really there
 
 
+def interpreted(script: str) -> float:
+    """Run `script` with Triton's CPU interpreter (which must be switched on before Triton is imported,
+    hence the subprocess) and return the number it prints last."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return float(run.stdout.strip().splitlines()[-1])
+
+
 _FUSED_CHECK = """
 import sys, torch
 import torch.nn.functional as F
@@ -109,16 +122,146 @@ print(worst)
 
 
 def test_fused_norm_gemv_kernels_equal_the_unfused_ops():
-    """The Triton decode kernels, run by Triton's CPU interpreter (which must be switched on before
-    Triton is imported, hence the subprocess), against the ops they replace, in fp32."""
-    pytest.importorskip("triton")
-    import subprocess
-    import sys
+    """The Triton decode kernels, run by Triton's CPU interpreter, against the ops they replace, in fp32."""
+    assert interpreted(_FUSED_CHECK) < 1e-5
 
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
-    run = subprocess.run([sys.executable, "-c", _FUSED_CHECK], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+
+_CONV_EPILOGUE_CHECK = """
+import torch
+from omnibench.models.omnimamba import fused
+from omnibench.models.omnimamba.ssd import conv_update_triton
+checked = 0
+for dtype in (torch.float32, torch.bfloat16):
+    for rows, block in ((1, 4), (3, 8), (2, 2)):
+        g = torch.Generator().manual_seed(rows)
+        k, lo, c, tail = 96, 24, 40, 12  # features: z | xBC, the conv channels | dt
+        x, res = torch.randn(rows, k, generator=g).to(dtype), torch.randn(rows, k, generator=g)
+        nw = (torch.rand(k, generator=g) + 0.5).to(dtype)
+        w = (torch.randn(lo + c + tail, k, generator=g) / k ** 0.5).to(dtype)
+        window = torch.randn(rows, c, 4, generator=g).to(dtype)
+        cw, cb = torch.randn(c, 4, generator=g).to(dtype), torch.randn(c, generator=g).to(dtype)
+        ref, ref_res = fused.norm_linear(x, res, nw, 1e-5, w, config=(block, 2))
+        ref_window = window.clone()
+        ref_conv = conv_update_triton(ref[:, lo:lo + c], ref_window, cw, cb)
+        got_window = window.clone()
+        got, got_res = fused.norm_linear(x, res, nw, 1e-5, w, config=(block, 2), conv=(got_window, cw, cb, lo))
+        assert torch.equal(got_res, ref_res)
+        assert torch.equal(got[:, :lo], ref[:, :lo]) and torch.equal(got[:, lo + c:], ref[:, lo + c:]), "z, dt raw"
+        assert torch.equal(got[:, lo:lo + c], ref_conv), (dtype, rows, "conv output")
+        assert torch.equal(got_window, ref_window), (dtype, rows, "window")
+        assert not torch.equal(got_window, window)
+        checked += 1
+try:  # a program whose features straddle the conv range's edge is refused
+    fused.norm_linear(x, res, nw, 1e-5, w, config=(16, 2), conv=(got_window, cw, cb, lo))
+    raise SystemExit("BLOCK_N 16 with the conv range starting at 24 was not refused")
+except AssertionError:
+    pass
+print(checked)
+"""
+
+
+def test_in_proj_conv_epilogue_equals_norm_linear_then_conv_update_bit_for_bit():
+    """The in_proj GEMV with the conv update in its epilogue computes exactly what the GEMV followed by
+    `conv_update_triton` computes, output and conv window, in fp32 and bf16, on 1 to 3 rows."""
+    assert interpreted(_CONV_EPILOGUE_CHECK) == 6
+
+
+_STATE_UPDATE_CHECK = """
+import torch
+import torch.nn.functional as F
+from omnibench.models.omnimamba import fused
+from omnibench.models.omnimamba.ssd import ssd_step
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+g = torch.Generator().manual_seed(0)
+b, h, p, n, groups = 3, 4, 24, 16, 2  # headdim not a multiple of BLOCK_P, two heads per group
+worst = 0.0
+for state_dtype in (torch.float32, torch.bfloat16):
+    proj = torch.randn(b, 300, generator=g)  # x, B, C, dt are strided views of one projection, as in a step
+    x = proj[:, :h * p].unflatten(-1, (h, p))
+    B = proj[:, 100:100 + groups * n].unflatten(-1, (groups, n))
+    C = proj[:, 140:140 + groups * n].unflatten(-1, (groups, n))
+    dt = proj[:, 200:200 + h]
+    dt[0, 0] = 100.0  # past softplus's threshold, where it is the identity (and exp overflows fp32)
+    A, D, dt_bias = -torch.rand(h, generator=g) * 4, torch.randn(h, generator=g), torch.randn(h, generator=g)
+    start = torch.randn(b, h, p, n, generator=g).to(state_dtype)
+    ref = start.to(torch.float32, copy=True)  # the step in fp32 from the same state, rounded nowhere
+    y_ref = ssd_step(ref, x, F.softplus(dt + dt_bias), A, B, C, D)
+    got = start.clone()
+    y = fused.state_update(got, x, dt, A, B, C, D, dt_bias, config=(8, 2))
+    assert got.dtype == state_dtype and y.dtype == x.dtype
+    worst = max(worst, rel(y, y_ref))  # y comes from the fp32 state, before it is rounded
+    if state_dtype == torch.float32:
+        worst = max(worst, rel(got, ref))
+    else:
+        # Rounded once from the fp32 state: each value one of its two bf16 neighbours (the interpreter
+        # rounds toward zero where the GPU and torch round to nearest).
+        ulp = 2.0 ** (torch.floor(torch.log2(ref.abs())) - 7)
+        assert ((got.float() - ref).abs() <= ulp).all(), "bf16 state"
+print(worst)
+"""
+
+
+def test_state_update_kernel_equals_the_pytorch_step():
+    """fused.state_update (softplus of dt + dt_bias, decay, input, readout, D skip) against `ssd_step`,
+    with an fp32 state and with a bf16 one, on strided views as the decode step passes them."""
+    assert interpreted(_STATE_UPDATE_CHECK) < 1e-5
+
+
+_FUSED_STEP_CHECK = """
+import torch
+from omnibench.models.omnimamba import fused
+from omnibench.models.omnimamba.checkpoint import tiny_config
+from omnibench.models.omnimamba.modeling_omnimamba import DecodeState, OmniMamba
+
+calls = []
+for name in ("norm_linear", "state_update", "gated_norm_linear"):
+    def wrapped(*args, _f=getattr(fused, name), _name=name, **kw):
+        calls.append(_name + ("+conv" if kw.get("conv") is not None else ""))
+        return _f(*args, **kw)
+    setattr(fused, name, wrapped)
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+fused.DEFAULT_CONFIG = (32, 4)  # fewer programs for the interpreter to walk; 32 divides the conv range's bounds
+torch.manual_seed(0)
+model = OmniMamba(tiny_config()).eval()
+worst = 0.0
+batch = 2
+for max_rows, route in ((8, "mmu"), (1, "t2i")):  # batch > MAX_ROWS: unfused GEMVs, still our state update
+    fused.MAX_ROWS = max_rows
+    g = torch.Generator().manual_seed(max_rows)
+    ids = torch.randint(0, 60, (batch, 7), generator=g)
+    embeds = model.with_mmu_positions(model.text_embeddings(ids)) if route == "mmu" else model.caption_embeddings(ids)
+    start, _ = model.prefill(embeds, route)
+    out = {}
+    for fuse in (True, False):
+        model.use_fused_decode = fuse
+        state = DecodeState([t.clone() for t in start.conv], [t.clone() for t in start.ssm],
+                            start.position.clone(), route)
+        calls.clear()
+        logits = torch.stack([model.step(state, ids[:, t]) for t in range(2)])
+        out[fuse] = (logits, state)
+        if fuse and batch <= fused.MAX_ROWS:
+            assert calls[:4] == ["norm_linear+conv", "state_update", "gated_norm_linear", "norm_linear+conv"], calls
+        elif fuse:
+            assert calls == ["state_update"] * len(calls) and len(calls) == 2 * len(model.lm.backbone.layers), calls
+        else:
+            assert not calls
+    (lf, sf), (lp, sp) = out[True], out[False]
+    worst = max(worst, rel(lf, lp), *(rel(a, b) for a, b in zip(sf.conv + sf.ssm, sp.conv + sp.ssm)))
+print(worst)
+"""
+
+
+def test_fused_decode_steps_equal_the_pytorch_steps():
+    """Several whole OmniMamba steps through fused.py's kernels (three a layer; with more rows than the
+    GEMVs take, the unfused GEMVs with fused.py's state update) against the plain-PyTorch steps, in fp32:
+    logits and every layer's conv window and SSM state."""
+    assert interpreted(_FUSED_STEP_CHECK) < 1e-5
 
 
 _CONV_CHECK = """
@@ -142,14 +285,7 @@ def test_triton_prefill_conv_equals_the_pytorch_conv():
     """The Triton prefill conv (used where causal-conv1d's CUDA extension is not built), run by Triton's
     CPU interpreter, against the PyTorch path: strided input, lengths shorter than the window, and
     channel counts that are not a multiple of the tile."""
-    pytest.importorskip("triton")
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
-    run = subprocess.run([sys.executable, "-c", _CONV_CHECK], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+    assert interpreted(_CONV_CHECK) < 1e-5
 
 
 def test_chunked_causal_conv_equals_one_pass_and_the_torch_conv():
@@ -436,6 +572,23 @@ def test_modes_pick_the_decode_path(adapter):
     eager = OmniMambaAdapter(preset="tiny", mode="as_published")
     assert not eager.model.use_cuda_graphs and not eager.model.use_fused_decode
     assert OmniMambaAdapter(preset="tiny", fused_decode="false").model.use_fused_decode is False
+
+
+def test_ssm_state_is_kept_in_the_model_dtype_as_upstream_unless_float32_is_asked():
+    torch.manual_seed(0)
+    m = OmniMamba(tiny_config()).to(torch.bfloat16).eval()
+    ids = torch.randint(0, m.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(3))
+    logits = {}
+    for choice, dtype in (("model", torch.bfloat16), ("float32", torch.float32)):
+        m.ssm_state_dtype = choice
+        state, _ = m.prefill(m.with_mmu_positions(m.text_embeddings(ids)), "mmu")
+        assert {t.dtype for t in state.ssm} == {dtype} and {t.dtype for t in state.conv} == {torch.bfloat16}
+        logits[choice] = m.step(state, ids[:, -1])
+    assert rel(logits["model"], logits["float32"]) < 5e-2  # the same model, its state rounded or not
+    adapter = OmniMambaAdapter(preset="tiny", ssm_state="float32")
+    assert adapter.model.ssm_state_dtype == "float32" and adapter.speed_settings()["ssm_state"] == "float32"
+    assert OmniMambaAdapter(preset="tiny").model.ssm_state_dtype == "model"
+    assert OmniMambaAdapter.resolved_config("auto", {"ssm_state": "float32"}) != OmniMambaAdapter.resolved_config("auto", {})
 
 
 def test_images_are_resized_once_on_the_host_and_normalised_per_tower_as_timm_does():

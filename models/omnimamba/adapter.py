@@ -2,13 +2,14 @@
 
 model_args: `pretrained=<folder | .pth | hub id>` (default hustvl/OmniMamba), `preset=tiny` (random
 tiny model for tests) or `preset=full` (full size, random weights: speed and memory only); `mode=best`
-(CUDA-graph decode steps with the norms fused into the GEMVs, the LoRA merged into in_proj for prefill;
-default) or `mode=as_published` (eager
-decode steps on mamba-ssm's ops);
+(CUDA-graph decode steps on fused.py's kernels: norms and conv inside the GEMVs; vision towers in CUDA
+graphs; the LoRA merged into in_proj for prefill; default) or `mode=as_published` (eager decode steps on
+mamba-ssm's ops);
 T2I sampling `temperature`, `top_k`, `cfg_scale` (defaults: upstream's inference_t2i.py, i.e. greedy
 top_k=1 and no guidance; with cfg_scale > 1 the unconditional prompt is upstream's null caption
 "A picture"); `cuda_graphs=false` to decode eagerly on GPU, `fused_decode=false` for mamba-ssm's
-separate norm kernels in decode steps.
+separate norm, conv and state-update kernels in decode steps; `ssm_state=float32` keeps the recurrent
+SSM state in fp32 (default `model`: the model's dtype, as upstream).
 """
 from __future__ import annotations
 
@@ -81,9 +82,12 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     ARGS = (
         Arg("pretrained", str, DEFAULT_PRETRAINED, "checkpoint: a folder, an OmniMamba-1.3b.pth file or a hub id"),
         PRESET_ARG,
-        mode_arg("CUDA-graph decode with fused norms", "upstream's eager decode on mamba-ssm's ops"),
+        mode_arg("CUDA-graph decode on fused kernels", "upstream's eager decode on mamba-ssm's ops"),
         Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
-        Arg("fused_decode", bool, None, "RMSNorm folded into the decode GEMVs (default: true in mode=best)"),
+        Arg("fused_decode", bool, None, "decode steps on fused.py's kernels: norms and the conv update folded "
+            "into the GEMVs, its own state update (default: true in mode=best)"),
+        Arg("ssm_state", str, "model", "dtype of the recurrent SSM state: the model's, as upstream, or float32",
+            ("model", "float32")),
         Arg("merge_lora", bool, None, "prefill reads in_proj with the task's LoRA merged into its weight, one GEMM, "
             "as decode steps do (default: true in mode=best; false: upstream's separate LoRA branch)"),
         Arg("temperature", float, 1.0, "text-to-image sampling temperature"),
@@ -111,12 +115,13 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
             source = str(tiny_checkpoint()) if preset == "tiny" else args["pretrained"]
             self.model, self.tokenizer, self.weight_sources = from_pretrained(
                 source, device, torch_dtype, {k: args[k] for k in ("dino_weights", "siglip_weights", "vq_weights")})
-        # best: decode steps captured in CUDA graphs and the RMSNorms folded into the decode GEMVs
-        # (fused.py); as_published: upstream's eager step loop on mamba-ssm's ops.
+        # best: decode steps captured in CUDA graphs, on fused.py's kernels (three a layer); as_published:
+        # upstream's eager step loop on mamba-ssm's ops.
         best = self.mode == "best"
         self.model.use_cuda_graphs = best if args["cuda_graphs"] is None else args["cuda_graphs"]
         self.model.use_fused_decode = best if args["fused_decode"] is None else args["fused_decode"]
         self.model.set_merged_lora(best if args["merge_lora"] is None else args["merge_lora"])
+        self.model.ssm_state_dtype = args["ssm_state"]
         self.temperature, self.top_k, self.cfg_scale = args["temperature"], args["top_k"], args["cfg_scale"]
         tok = self.tokenizer
         self.ids = {t.strip("<|>"): tok.convert_tokens_to_ids(t) for t in
@@ -221,12 +226,15 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         return self.model.step(state, token.to(self._device))
 
     def speed_settings(self) -> dict[str, Any]:
+        from .fused import pdl_enabled
         from .ssd import use_kernels
         kernels = use_kernels(self._device)  # graphs and fused kernels run only where the kernels do
-        return {"cuda_graphs": kernels and self.model.use_cuda_graphs,
-                "fused_decode": kernels and self.model.use_fused_decode,
-                "merged_lora_prefill": self.model.lm.backbone.layers[0].mixer.merge_lora,
-                "ssm_kernels": "mamba-ssm (Triton)" if kernels else "PyTorch", "cache": "recurrent state"}
+        fused = kernels and self.model.use_fused_decode
+        return {"cuda_graphs": kernels and self.model.use_cuda_graphs, "fused_decode": fused,
+                "pdl": fused and pdl_enabled(self._device),
+                "ssm_kernels": "mamba-ssm (Triton)" if kernels else "PyTorch", "cache": "recurrent state",
+                "ssm_state": self.model.ssm_state_dtype,
+                "merged_lora_prefill": self.model.lm.backbone.layers[0].mixer.merge_lora}
 
     @classmethod
     def weights_warning(cls, args: dict[str, Any]) -> str | None:

@@ -13,9 +13,10 @@ Layout and parameter names follow upstream's `OmniMamba` module, so its checkpoi
   `caption_embed.cap_proj`.
 
 Inference state is explicit (`DecodeState`): per layer the causal-conv window and the SSM state, plus
-each sample's next position. The same modules run two ways: on CUDA with mamba-ssm's Triton kernels
-(chunked SSD scan for prefill, `selective_state_update` for decode, fused residual RMSNorm) and decode
-steps replayed from CUDA graphs; elsewhere in plain PyTorch (ssd.py), computing the same function.
+each sample's next position. The same modules run two ways: on CUDA with Triton kernels (mamba-ssm's
+chunked SSD scan and fused residual RMSNorm for prefill; fused.py's three kernels a layer for decode
+steps) and decode steps replayed from CUDA graphs; elsewhere in plain PyTorch (ssd.py), computing the
+same function.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
 
 from . import fused
 from .fused import fused_available
-from .ssd import kernels, ssd_chunked, ssd_step, use_kernels
+from .ssd import conv_update_triton, kernels, ssd_chunked, ssd_step, use_kernels
 
 from .vision import DinoSigLIPBackbone, FusedMLPProjector, VisionConfig
 from .vq import VQConfig, VQModel
@@ -262,34 +263,44 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2), z))
 
     def step(self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm, route: Route, conv_state,
-             ssm_state, fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+             ssm_state, fuse: bool = True, fold_conv: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per sample through the block: pre-norm (x + residual) then the mixer; x (b, d).
         Updates both states in place; returns the mixer output and the fp32 residual. Both paths use the
-        route's merged in_proj; on CUDA with `fuse`, small batches run the norms inside the two GEMVs
-        (fused.py)."""
-        fast = self.allow_kernels and use_kernels(x.device)
-        fuse = fuse and fast
+        route's merged in_proj. With `fuse`, where Triton kernels run (fused.py): small batches run the
+        norms inside the two GEMVs and, with `fold_conv`, the conv update inside the in_proj GEMV (three
+        kernels: in_proj, state update, out_proj); with `fold_conv`, every batch takes fused.py's state
+        update. `fold_conv=False` is the previous four-kernel step (separate conv, mamba-ssm's state
+        update), kept to measure against."""
+        fast = self.allow_kernels and use_kernels(x.device)  # mamba-ssm's kernels
+        fuse = fuse and self.allow_kernels and fused.kernels_run_on(x.device)
+        own = fuse and fold_conv  # fused.py's state update, and its conv epilogue where the GEMV runs
         w_in = self.in_proj.merged(route)
+        weight = self.conv1d.weight.squeeze(1)
+        folded = own and fused_available(x, residual)
         if fuse and fused_available(x, residual):
-            zxbcdt, residual = fused.norm_linear(x, residual, norm.weight, norm.eps, w_in)
+            conv = (conv_state, weight, self.conv1d.bias, self.cfg.d_inner) if folded else None
+            zxbcdt, residual = fused.norm_linear(x, residual, norm.weight, norm.eps, w_in, conv=conv)
         else:
             h, residual = add_rms_norm(x, residual, norm, prenorm=True)
             zxbcdt = F.linear(h, w_in)
         z, xbc, dt = self._split(zxbcdt)
-        weight = self.conv1d.weight.squeeze(1)
-        if fast:
-            xbc = kernels().conv1d_update(xbc, conv_state, weight, self.conv1d.bias, "silu")
-        else:
+        if not folded and (fast or own):
+            xbc = (kernels().conv1d_update if fast else conv_update_triton)(xbc, conv_state, weight,
+                                                                             self.conv1d.bias, "silu")
+        elif not folded:
             conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
             conv_state[:, :, -1] = xbc
             xbc = F.silu((wide(conv_state) * wide(weight)).sum(-1) + wide(self.conv1d.bias)).to(x.dtype)
         xs, B, C = self._xbc(xbc)
-        if fast:
+        if own or fast:
             A = derived(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log.float()))
-            p, n = self.cfg.headdim, self.cfg.d_state
-            y = kernels().state_update(
-                ssm_state, xs, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n), B, C,
-                self.D[:, None].expand(-1, p), dt_bias=self.dt_bias[:, None].expand(-1, p), dt_softplus=True)
+            if own:
+                y = fused.state_update(ssm_state, xs, dt, A, B, C, self.D, self.dt_bias)
+            else:
+                p, n = self.cfg.headdim, self.cfg.d_state
+                y = kernels().state_update(
+                    ssm_state, xs, dt[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n), B, C,
+                    self.D[:, None].expand(-1, p), dt_bias=self.dt_bias[:, None].expand(-1, p), dt_softplus=True)
         else:
             dtp = F.softplus(wide(dt) + wide(self.dt_bias))
             y = ssd_step(ssm_state, xs, dtp, -torch.exp(wide(self.A_log)), B, C, self.D)
@@ -379,9 +390,12 @@ class LLMBackbone(nn.Module):
 @dataclass
 class DecodeState:
     """Recurrent state of a batch: per layer the conv window (b, conv_dim, d_conv, model dtype) and the
-    SSM state (b, nheads, headdim, d_state) in fp32 (upstream keeps it in the model dtype; fp32 costs
-    ~1.5% of decode time in bf16 and keeps the kernel and PyTorch paths' greedy tokens together);
-    `position` (b,) is each sample's next position."""
+    SSM state (b, nheads, headdim, d_state) in `OmniMamba.ssm_state_dtype`: "model" (default) the model's
+    dtype, as upstream's `allocate_inference_cache`, or "float32" (fp64 stays fp64). Every path computes
+    a step in fp32 and rounds the new state to its dtype. In bf16 an fp32 state reads and writes 4.2 MB
+    a layer per step instead of 2.1 MB (beside 52 MB of weights; with mamba-ssm's state update it cost
+    ~1.5% of decode time on an H100) and takes the state's rounding out of the comparison of the kernel
+    and PyTorch paths. `position` (b,) is each sample's next position."""
 
     conv: list[torch.Tensor]
     ssm: list[torch.Tensor]
@@ -403,7 +417,9 @@ class OmniMamba(nn.Module):
         self._graphs: dict[tuple, Any] = {}  # decode steps by (route, batch), vision graphs by pixel shape
         self._graph_pool = None
         self.use_cuda_graphs = True
-        self.use_fused_decode = True  # fused.py's norm+GEMV kernels in decode steps (CUDA, batch <= 8)
+        self.use_fused_decode = True  # fused.py's decode kernels (see Mamba2Mixer.step)
+        self.fold_conv = True  # with use_fused_decode: 3 kernels a layer; False: the previous 4-kernel step
+        self.ssm_state_dtype: Literal["model", "float32"] = "model"  # see DecodeState
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half() replace the parameters that captured graphs read: drop the graphs
@@ -496,7 +512,8 @@ class OmniMamba(nn.Module):
         cfg, dev = self.config, self.lm.backbone.embedding.weight.device
         conv = [torch.zeros(batch, cfg.d_inner + 2 * cfg.ngroups * cfg.d_state, cfg.d_conv, device=dev,
                             dtype=self._dtype()) for _ in range(cfg.n_layer)]
-        state_dtype = torch.promote_types(self._dtype(), torch.float32)
+        state_dtype = (self._dtype() if self.ssm_state_dtype == "model"
+                       else torch.promote_types(self._dtype(), torch.float32))
         ssm = [torch.zeros(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=dev, dtype=state_dtype)
                for _ in range(cfg.n_layer)]
         pos = torch.as_tensor(position, device=dev, dtype=torch.long).expand(batch).clone()
@@ -520,12 +537,14 @@ class OmniMamba(nn.Module):
         residual = None
         for i, layer in enumerate(self.lm.backbone.layers):
             x, residual = layer.mixer.step(x, residual, layer.norm, state.route, state.conv[i], state.ssm[i],
-                                           self.use_fused_decode)
-        state.position.add_(1)
+                                           self.use_fused_decode, self.fold_conv)
         norm_f, head = self.lm.backbone.norm_f, self.head(state.route)
-        if self.use_fused_decode and norm_f.fast(x) and fused_available(x, residual):  # norm inside the head GEMV
-            return wide(fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0])
-        return self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
+        if self.use_fused_decode and norm_f.allow_kernels and fused_available(x, residual):  # norm inside the head GEMV
+            logits = wide(fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0])
+        else:
+            logits = self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
+        state.position.add_(1)  # after the head, which may then overlap the last out_proj (PDL)
+        return logits
 
     @property
     def graph_pool(self) -> GraphPool:
