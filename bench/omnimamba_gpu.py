@@ -9,9 +9,9 @@
    and in bf16 with each SSM state dtype: prefill logits, teacher-forced decode logits, 64 greedy tokens,
    and the bf16 summation-order floor.
 3. Decode latency per token at batch 1 after 1k / 16k / 100k tokens of context (CUDA-graph steps, the
-   default step: three kernels a layer, PDL, SSM state in the model dtype), against the weight-read floor
-   (bytes read per step / measured device-to-device bandwidth); at the first context also the other
-   steps (`STEP_VARIANTS`: no PDL, fp32 state, the previous four-kernel step).
+   default step: three kernels a layer, no PDL, SSM state in the model dtype), against the weight-read
+   floor (bytes read per step / measured device-to-device bandwidth); at the first context also the other
+   steps (`STEP_VARIANTS`: PDL, fp32 state, the previous four-kernel step).
 Writes omnimamba_gpu.json into --out.
 """
 from __future__ import annotations
@@ -429,12 +429,13 @@ def decode_latency(model: OmniMamba, context: int, steps: int = 200) -> dict:
                      "pdl": fused.pdl_enabled(state.position.device), "ssm_state": str(state.ssm[0].dtype)}}
 
 
-# The default step (three kernels a layer, PDL unless OMNIBENCH_PDL=0, SSM state in the model dtype) is
+# The default step (three kernels a layer, no PDL unless OMNIBENCH_PDL=1, SSM state in the model dtype) is
 # DEFAULT_STEP; these are timed beside it at the first context. The previous step: norm+in_proj, conv,
 # mamba-ssm's state update, gated norm+out_proj, no PDL, fp32 state.
 DEFAULT_STEP = {"use_fused_decode": True, "fold_conv": True, "pdl": fused.USE_PDL, "ssm_state_dtype": "model"}
 STEP_VARIANTS = {
-    "3 kernels, PDL, fp32 state": {"ssm_state_dtype": "float32"},
+    "3 kernels, PDL": {"pdl": True},
+    "3 kernels, PDL, fp32 state": {"pdl": True, "ssm_state_dtype": "float32"},
     "3 kernels, no PDL": {"pdl": False},
     "3 kernels, no PDL, fp32 state": {"pdl": False, "ssm_state_dtype": "float32"},
     "4 kernels (previous step), no PDL, fp32 state": {"fold_conv": False, "pdl": False, "ssm_state_dtype": "float32"},

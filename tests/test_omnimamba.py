@@ -607,6 +607,38 @@ def test_images_are_resized_once_on_the_host_and_normalised_per_tower_as_timm_do
         assert torch.equal(normalised(pixels[None], mean, std)[0], ref)
 
 
+def test_towers_skip_their_last_block_and_give_upstreams_second_to_last_output_exactly():
+    """Upstream runs every block and keeps the second-to-last one's output; `forward` does not run the last
+    block (a hook on it never fires) and gives the same tensor bit for bit; the blocks are all back after."""
+    from omnibench.models.omnimamba.vision import (DINO_MEAN, DINO_STD, SIGLIP_MEAN, SIGLIP_STD, DinoSigLIPBackbone,
+                                                   VisionConfig, normalised)
+
+    torch.manual_seed(0)
+    cfg = VisionConfig(image_size=28, patch_size=14, dino_width=16, dino_layers=3, dino_heads=2, siglip_width=16,
+                       siglip_layers=3, siglip_heads=2, siglip_mlp=32)
+    tower = DinoSigLIPBackbone(cfg).eval()
+    keys = list(tower.state_dict())
+    last = [tower.dino_featurizer.encoder.layer[-1], getattr(tower.siglip_featurizer, "vision_model", tower.siglip_featurizer).encoder.layers[-1]]
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in last]
+    pixels = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():  # upstream's way: every block, transformers' hidden_states[-2] of each tower
+        dtype = torch.float32
+        dino = tower.dino_featurizer(pixel_values=normalised(pixels, DINO_MEAN, DINO_STD).to(dtype), output_hidden_states=True)
+        sig = tower.siglip_featurizer(pixel_values=normalised(pixels, SIGLIP_MEAN, SIGLIP_STD).to(dtype),
+                                      output_hidden_states=True)
+        reference = torch.cat([dino.hidden_states[-2][:, 1 + cfg.dino_registers:], sig.hidden_states[-2]], dim=2)
+        calls.clear()
+        fast = tower(pixels)
+        assert not calls
+        full = tower(pixels, run_last_block=True)
+    assert len(calls) == 2
+    assert fast.shape == (2, 4, 32) and torch.equal(fast, reference) and torch.equal(full, reference)
+    assert list(tower.state_dict()) == keys
+    for h in hooks:
+        h.remove()
+
+
 def test_siglip_tower_uses_the_exact_erf_gelu_as_upstream_timm():
     """timm's vit_so400m_patch14_siglip_384 (upstream's tower) has nn.GELU(): erf, not tanh. On x = 1 the
     two differ by 1.5e-4, far above float64 rounding: an MLP made an identity around its activation shows it."""

@@ -36,8 +36,10 @@ of the step that has not finished yet. Why they are safe:
   `gdc_wait`. Past it, the previous kernel is complete, and so, transitively (it passed its own
   `gdc_wait` before completing), is every kernel before it; all writes also come after `gdc_wait`, so
   no kernel writes memory (a pool buffer reused, say) that an earlier one may still read.
-`USE_PDL` (default on; `OMNIBENCH_PDL=0` turns it off) is read at every launch, so a CUDA graph keeps
-what it was captured with; under Triton's interpreter and below compute capability 9 it is off.
+`USE_PDL` (default off; `OMNIBENCH_PDL=1` turns it on) is read at every launch, so a CUDA graph keeps
+what it was captured with; under Triton's interpreter and below compute capability 9 it is off. Off by
+default because it did not pay on an H200 (reports/omnimamba_gpu/: the batch-1 CUDA-graph step took
+1.308 ms/token with PDL and 1.271 without, same run, 1k context).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ DEFAULT_CONFIG = (2, 4)
 # (BLOCK_P, num_warps) of the state update: headdim 64 x d_state 128 gives 4 x 64 programs per batch row,
 # few enough that all of them are resident at once and issue their state loads before gdc_wait.
 STATE_CONFIG = (16, 4)
-USE_PDL = os.environ.get("OMNIBENCH_PDL", "1") != "0"
+USE_PDL = os.environ.get("OMNIBENCH_PDL", "0") == "1"
 
 
 def _interpreted() -> bool:
