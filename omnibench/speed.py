@@ -463,10 +463,20 @@ def eval_requests(workload: str, n: int) -> list[Request]:
     return get_task_class(workload).throughput_requests(n)
 
 
+STAND_IN_WEIGHTS = "stand-in (random weights, same architecture)"
+
+
 def _fid_features_safely(cfg: SweepConfig) -> dict[str, Any]:
-    """Inception pool3 features per second, as coco_fid computes them for generated images: 256 px PNG-
-    sized images squared, clean-fid's resize to 299 in `cfg.fid_workers` DataLoader processes, batches of
-    250 on the device. One untimed batch first (cuDNN autotune, workers), then `cfg.fid_features` images."""
+    """Inception pool3 features per second, as coco_fid computes them for generated images: `cfg.fid_features`
+    random 256 px PNGs on disk, read by `cfg.fid_workers` DataLoader processes, clean-fid's resize where
+    coco_fid runs it by default (`fid.default_resize`: on the device on CUDA), batches of 250. Untimed calls
+    first at the timed batch sizes, twice (cuDNN plans, allocator; TorchScript's profiling executor
+    optimises a graph on its second run), then the timed call, worker start-up included as in coco_fid;
+    the rate after the first batch and the time to it are recorded beside it. The network is the FID file
+    when this machine has one, else a stand-in file (bench/inception_stand_in.py, via
+    $OMNIBENCH_INCEPTION) or torchvision's InceptionV3, both with random weights."""
+    import tempfile
+
     import numpy as np
     from PIL import Image
 
@@ -475,19 +485,37 @@ def _fid_features_safely(cfg: SweepConfig) -> dict[str, Any]:
         fid.require()
         path = fid.inception_path(download=False)
         if path is not None:
-            model, network = fid.load_inception(path, cfg.device), f"the FID Inception ({path.name})"
+            model = fid.load_inception(path, cfg.device, stand_in_ok=True)
+            weights, network = (STAND_IN_WEIGHTS if model.stand_in else "real"), f"the FID Inception ({path.name})"
         else:  # a GPU machine without the weights file: the same architecture times the same
-            model, network = _inception_architecture(cfg.device), ("torchvision's InceptionV3 architecture, "
-                                                                  "random weights (the FID weights file was not on this machine)")
+            model, network = _inception_architecture(cfg.device), "torchvision's InceptionV3"
+            weights = ("torchvision's InceptionV3 architecture, random weights (the FID weights file was not on "
+                       "this machine)")
     except (OmnibenchError, ImportError) as exc:
         return {"status": "unsupported", "reason": str(exc)}
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(cfg.fid_features)]
-    opts = {"size": 256, "device": cfg.device, "batch_size": 250, "workers": cfg.fid_workers}
-    fid.features(images[:250], model, **opts)
-    _, seconds = Timer(cfg.device)(lambda: fid.features(images, model, **opts))
-    return {"status": "ok", "images": len(images), "total_seconds": seconds, "images_per_second": len(images) / seconds,
-            "note": f"batch 250, {cfg.fid_workers} DataLoader workers for the clean-fid resize; {network}"}
+    resize, n = fid.default_resize(cfg.device), cfg.fid_features
+    opts = {"size": 256, "device": cfg.device, "batch_size": fid.BATCH_SIZE, "workers": cfg.fid_workers,
+            "resize": resize}
+    with tempfile.TemporaryDirectory(prefix="omnibench_fid_speed_") as tmp:
+        rng = np.random.default_rng(0)
+        paths = [Path(tmp) / f"{i:06d}.png" for i in range(n)]
+        for path in paths:
+            Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
+        last = n % fid.BATCH_SIZE if n > fid.BATCH_SIZE else 0  # a partial last batch is a shape of its own
+        for _ in range(2):
+            fid.features(paths[:fid.BATCH_SIZE] + paths[:last], model, **opts, desc="Inception warm-up")
+        marks: list[tuple[float, int]] = []
+        start = CLOCK()
+        fid.features(paths, model, **opts, desc="Inception features (timed)",
+                     on_batch=lambda k: marks.append((CLOCK(), k)))
+        seconds = CLOCK() - start
+    first_at, first_n = marks[0][0] - start, marks[0][1]
+    return {"status": "ok", "images": n, "total_seconds": seconds, "images_per_second": n / seconds,
+            "steady_images_per_second": (n - first_n) / (seconds - first_at) if n > first_n else None,
+            "startup_seconds": first_at, "batch": fid.BATCH_SIZE, "workers": cfg.fid_workers, "resize": resize,
+            "inception_weights": weights,
+            "note": f"batch {fid.BATCH_SIZE}, {cfg.fid_workers} DataLoader workers decoding 256 px PNGs, clean-fid's "
+                    f"resize {'on the device' if resize == 'device' else 'in the workers'}; {network}"}
 
 
 def _inception_architecture(device: str):

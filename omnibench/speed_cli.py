@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prep-workers", type=int, default=None, help="processes preparing the evaluation batches' "
                    "images and prompts, as run_eval.py's --prep_workers (default: up to 8 on a GPU, 0 on CPU)")
     p.add_argument("--fid-features", type=int, default=0, help="time Inception feature extraction over this many "
-                   "images for the FID-30K wall-clock estimate (0: not measured)")
+                   "random 256 px PNGs for the FID-30K wall-clock estimate (0: not measured); without the weights "
+                   "file, a stand-in from bench/inception_stand_in.py via $OMNIBENCH_INCEPTION times the same")
     p.add_argument("--fid-workers", type=int, default=8, help="DataLoader workers of the Inception-rate point")
     p.add_argument("--output-dir", default="results/speed",
                    help="the point store and reports (the committed reports/speed only when named here)")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from omnibench.cache import atomic_write_text
 from omnibench.report import paper_table
-from omnibench.speed import with_totals
+from omnibench.speed import STAND_IN_WEIGHTS, with_totals
 
 GIB = 1024 ** 3
 # The paper's ratio claims (Fig. 1(c)(d)): baseline, metric, context length in tokens.
@@ -71,6 +71,22 @@ def fid_estimate_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "inception_min": None if inc is None else inc / 60,
                      "total_min (estimated)": None if inc is None else (gen + inc) / 60})
     return rows
+
+
+def inception_rate_line(feats: dict[str, Any]) -> str:
+    """The Inception rate behind the estimate, and what network and weights it was timed with."""
+    steady = feats.get("steady_images_per_second")
+    line = (f"Inception features: {feats['images_per_second']:.0f} images/s over the whole call"
+            + (f" ({steady:.0f} images/s after the first batch, {feats['startup_seconds']:.1f} s to it)"
+               if steady else "")
+            + f" ({feats.get('note', '')}). ")
+    weights = feats.get("inception_weights")
+    if weights == STAND_IN_WEIGHTS:
+        line += ("Timed with a stand-in Inception: NVIDIA's graph with random weights (the FID weights file was not "
+                 "on the GPU machine); same shapes, so the same speed, and refused for any FID. ")
+    elif weights and weights != "real":
+        line += f"Timed with {weights}. "
+    return line
 
 
 def _point(points: list[dict[str, Any]], model: str, mode: str, length: int) -> dict[str, Any] | None:
@@ -245,8 +261,7 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
     feats = next((p for p in points if p["kind"] == "fid_features" and p.get("status") == "ok"), None)
     if fid_rows:
         parts += ["## FID-30K wall-clock on one GPU (estimated from the measured rates)\n",
-                  (f"Inception features: {feats['images_per_second']:.0f} images/s ({feats.get('note', '')}). "
-                   if feats else "Inception features: not measured in this selection. ")
+                  (inception_rate_line(feats) if feats else "Inception features: not measured in this selection. ")
                   + "Generation at the image-generation point's rate (its batch).\n",
                   pd.DataFrame(fid_rows).to_markdown(index=False, floatfmt=".3g"), ""]
     plots = plot(points, folder)

@@ -24,7 +24,10 @@ Sources: `captions=<captions_val2014.json>` with `images=<val2014 folder>` (the 
 `lmms-lab/COCO-Caption` split `val` (`source=` for a mirror or a local copy): `question_id` is the file
 name, `answer` the captions.
 Other task args: `inception=` (weights file, or $OMNIBENCH_INCEPTION), `fid_device` (cuda when there is
-one), `fid_batch_size` (64), `fid_workers` (image decoding processes, up to 8).
+one), `fid_batch_size` (250), `fid_workers` (image decoding processes, up to 8), `fid_resize` (where
+clean-fid's resize to 299 runs: `device`, in batches on the features' device with clean-fid's exact
+arithmetic, the default on CUDA; or `workers`, clean-fid's own code in the decoding processes, the default
+on CPU; part of the cached reference statistics' key).
 """
 from __future__ import annotations
 
@@ -224,8 +227,11 @@ class CocoFid(Task):
             "coco_captions.csv: tab-separated, column Prompt); the reference is then all of val2014"),
         Arg("inception", str, None, "local Inception weights file (default: the bundled or cached one)"),
         Arg("fid_device", str, None, "device for Inception features (default: cuda if available)"),
-        Arg("fid_batch_size", int, 64, "Inception batch size"),
+        Arg("fid_batch_size", int, fid.BATCH_SIZE, "Inception batch size"),
         Arg("fid_workers", int, None, "image-loading workers (default: min(8, CPU count))"),
+        Arg("fid_resize", str, None, "where clean-fid's resize to 299 runs: on the FID device in batches (same "
+            "pixels, bit for bit) or in the image-loading workers (default: device on CUDA, workers on CPU)",
+            fid.RESIZES),
     )
 
     def __init__(self, **task_args: Any) -> None:
@@ -281,8 +287,9 @@ class CocoFid(Task):
         fid.require()
         args = self.args
         device = args["fid_device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+        resize = args["fid_resize"] or fid.default_resize(device)
         opts = {"size": self.ref_size, "recipe": self.recipe, "device": device, "batch_size": args["fid_batch_size"],
-                "workers": args["fid_workers"] or min(8, os.cpu_count() or 1)}
+                "workers": args["fid_workers"] or min(8, os.cpu_count() or 1), "resize": resize}
         done = [r for r in records if r["image"]]
         if self.run_dir is None:
             raise OmnibenchError("coco_fid30k: run folder unknown, so the generated images cannot be found")
@@ -291,7 +298,7 @@ class CocoFid(Task):
         ref_ids = sorted(self.coco.captions) if self.reference == "all" else sorted({r["image_id"] for r in records})
         key = {"reference": "coco_val2014", **self.coco.identity, "image_ids_sha256": hashlib.sha256(
                    ",".join(map(str, ref_ids)).encode()).hexdigest(), "size": self.ref_size, "recipe": self.recipe,
-               **fid.library_info(),
+               "resize": resize, **fid.library_info(),
                "inception_sha256": fid.file_sha256(weights)}
         mu_ref, sigma_ref, n_ref = fid.cached_stats(
             key, lambda: fid.features(self.coco.reference_items(ref_ids), model, **opts,

@@ -226,6 +226,25 @@ def test_resume_redraws_images_whose_records_are_lost(tmp_path, monkeypatch, che
     assert len(list((data.cache_root() / "fid_stats").glob("*/stats.npz"))) >= 1
 
 
+def test_fid_resize_reaches_the_features_and_keys_the_reference_statistics(tmp_path, monkeypatch, cheap_fid):
+    """Where the resize runs can change features in their last bits on some platform, so reference statistics
+    of one are not reused for the other; the default on CPU is the workers' resize, the same key as asking
+    for it."""
+    captions, images = write_coco(tmp_path, n_images=3, size=(16, 16))
+    fake, seen = fid.features, []
+    monkeypatch.setattr(fid, "features",
+                        lambda items, model, **kw: seen.append(kw["resize"]) or fake(items, model, **kw))
+    args = {"captions": captions, "images": images, "ref_size": "16", "fid_workers": "0", "fid_device": "cpu"}
+    for k, resize in enumerate(["workers", "device", None]):
+        out = run(tmp_path / str(k), {**args, **({"fid_resize": resize} if resize else {})},
+                  ReferenceCopier(files_of(captions, images), 16), monkeypatch=monkeypatch)
+        assert out["results"]["coco_fid30k"]["fid_images"] == 3.0
+    assert seen == ["workers", "workers", "device", "device", "workers"]  # the last run's reference: cached
+    assert cheap_fid == [3, 3, 3, 3, 3]
+    with pytest.raises(OmnibenchError, match="fid_resize"):
+        CocoFid(captions=captions, images=images, fid_resize="gpu")
+
+
 def test_missing_weights_fail_with_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv(fid.INCEPTION_ENV, str(tmp_path / "nope.pt"))
     with pytest.raises(OmnibenchError, match="nope.pt") as err:

@@ -286,3 +286,61 @@ def test_fid_wall_clock_estimate_from_the_measured_inception_rate(tmp_path):
     image = next(p for p in points if p["kind"] == "image_gen")
     estimate = 30000 / image["images_per_second"] / 60 + 30000 / feats["images_per_second"] / 60
     assert "FID-30K wall-clock" in md and f"{estimate:.3g}" in md
+
+
+class CostlyInception:
+    """A stand-in Inception on the fake clock: 100 s the first time it sees a batch size, 50 s the second
+    (TorchScript's profiling executor optimises on the second run), 1 s after that."""
+
+    stand_in = True
+
+    def __init__(self, clock):
+        self.clock, self.calls = clock, {}
+
+    def __call__(self, batch):
+        n = batch.shape[0]
+        self.calls[n] = self.calls.get(n, 0) + 1
+        self.clock.t += {1: 100.0, 2: 50.0}.get(self.calls[n], 1.0)
+        return torch.zeros(n, 2048)
+
+
+def test_fid_point_times_png_files_after_untimed_calls_at_its_batch_sizes(tmp_path, monkeypatch):
+    """Files on disk as coco_fid reads them; batches of 2 here (250 in a sweep), so 5 images are a full
+    batch and a partial one: both warmed twice, untimed. The point records the rate of the whole call,
+    the rate after the first batch, the time to it, where the resize ran and that the weights were a
+    stand-in, and the report says so."""
+    pytest.importorskip("cleanfid")
+    from pathlib import Path
+
+    from omnibench import speed
+    from omnibench.tasks import fid
+    clock = FakeClock()
+    model = CostlyInception(clock)
+    monkeypatch.setattr(speed, "CLOCK", clock)
+    monkeypatch.setattr(fid, "BATCH_SIZE", 2)
+    monkeypatch.setattr(fid, "inception_path", lambda explicit=None, download=True: Path("stand_in.pt"))
+
+    def load(path, device="cpu", stand_in_ok=False):
+        assert stand_in_ok  # the sweep may time a stand-in; nothing else may load one
+        return model
+    monkeypatch.setattr(fid, "load_inception", load)
+    real_features, files = fid.features, []
+
+    def features(items, model, **kw):
+        files.append([(Path(p).suffix, Path(p).is_file()) for p in items])
+        return real_features(items, model, **kw)
+    monkeypatch.setattr(fid, "features", features)
+
+    point = speed._fid_features_safely(cfg_for(tmp_path, fid_features=5, fid_workers=0))
+    assert files[-1] == [(".png", True)] * 5 and len(files) == 3
+    assert point["status"] == "ok" and point["images"] == 5 and point["batch"] == 2
+    assert point["total_seconds"] == 3.0 and point["startup_seconds"] == 1.0  # batches 2, 2, 1: warmed
+    assert point["images_per_second"] == 5 / 3 and point["steady_images_per_second"] == 3 / 2
+    assert point["resize"] == fid.default_resize("cpu") == "workers"
+    assert point["inception_weights"] == speed.STAND_IN_WEIGHTS
+
+    image = {"kind": "image_gen", "model": "a", "mode": "best", "status": "ok", "batch": 2, "images_per_second": 2.0,
+             "total_seconds": 1.0, "device": "cpu", "dtype": "float32", "preset": "tiny", "length": 0}
+    feats = {"kind": "fid_features", "model": "inception", "mode": "-", "length": 0, **point}
+    md = write_reports([image, feats], {"command": "t", "config": {}}, tmp_path)["md"].read_text()
+    assert "Timed with a stand-in Inception" in md and "2 images/s over the whole call" in md
