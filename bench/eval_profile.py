@@ -62,7 +62,8 @@ def phases(obj, names: list[str], record: dict[str, float]):
             delattr(obj, n)  # the instance attribute goes; the class's method shows through again
 
 
-def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, pipeline_samples: int) -> dict:
+def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, pipeline_samples: int,
+                switch_interval: float = 0.0) -> dict:
     adapter = get_model_class(name)(device=device, dtype="bfloat16", preset=preset)
     requests = Pope.throughput_requests(batch)
     items = adapter.prepare_text(requests)
@@ -79,6 +80,16 @@ def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, p
         cfg = SweepConfig(models=[name], device=device, eval_samples=pipeline_samples, eval_batch=batch,
                           prep_workers=workers)
         out[f"pipeline_prep_workers_{workers}"] = _eval_speed_safely(adapter, "pope", cfg)
+    if switch_interval:  # the same pipeline with a shorter GIL switch interval (the model thread waits less
+        import sys       # for the GIL while the host threads pickle and unpickle batches)
+        default = sys.getswitchinterval()
+        sys.setswitchinterval(switch_interval)
+        try:
+            cfg = SweepConfig(models=[name], device=device, eval_samples=pipeline_samples, eval_batch=batch,
+                              prep_workers=default_workers(device))
+            out[f"pipeline_prep_workers_{cfg.prep_workers}_switch_interval_{switch_interval}"] = _eval_speed_safely(adapter, "pope", cfg)
+        finally:
+            sys.setswitchinterval(default)
     record: dict[str, float] = defaultdict(float)
     if name == "omnimamba":
         m = adapter.model
@@ -121,12 +132,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-t2i", action="store_true")
     parser.add_argument("--pipeline-samples", type=int, default=128, help="POPE-shaped requests of the pipelined runs")
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="also time the pipeline with this sys.setswitchinterval (seconds; 0: not)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preset", default="full", help="full (1.3B, random weights) or tiny (a CPU dry run)")
     args = parser.parse_args()
     result = {"gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "torch": torch.__version__, "eval": {}}
     for name in args.models.split(","):
-        result["eval"][name] = eval_phases(name, args.batch, args.repeats, args.device, args.preset, args.pipeline_samples)
+        result["eval"][name] = eval_phases(name, args.batch, args.repeats, args.device, args.preset, args.pipeline_samples,
+                                             args.switch_interval)
         torch.cuda.empty_cache()
         print(name, json.dumps({k: v for k, v in result["eval"][name].items() if k != "top_kernels"}), flush=True)
     if not args.no_t2i:
