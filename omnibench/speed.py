@@ -4,8 +4,10 @@ A point is (model, mode, context length). For each point, at batch 1: prefill of
 decode steps that each append one token at that context (median latency of many steps), tokens/s, peak
 memory from torch and from NVML. The total time of a generation up to the length is measured in full
 where it fits the budget, else integrated from the per-point latencies and labelled so. Points stream to
-a JSONL file as they finish; a re-run skips finished points. An out-of-memory point or one past the
-timeout is recorded as such and the sweep goes on (longer points of that model are then skipped).
+a JSONL file as they finish; a re-run skips finished points measured with the same code (`code_version`:
+the model family's modules and the timing code), and measures again, saying so, those measured with other
+code. An out-of-memory point or one past the timeout is recorded as such and the sweep goes on (longer
+points of that model are then skipped).
 
 Every timed call is first made untimed at exactly its timed shapes (batch, length, route, cache size):
 Triton compile and autotune, CUDA-graph capture, cuDNN plans and allocator growth happen there, never
@@ -23,6 +25,7 @@ token ids of the exact length (the adapter's `speed_context(length)` when it has
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -325,6 +328,30 @@ class SpeedStore:
 
 AdapterFactory = Callable[[str, str], ModelAdapter]
 
+TIMING_MODULES = ("omnibench.speed", "omnibench.prep")  # what times a point, besides the model's own code
+
+
+def point_code_version(model: str) -> str:
+    """The project code a point's numbers depend on: the model family's modules and libraries
+    (`identity.model_code_version`; tasks/fid.py for the Inception point; nothing for a model that is not
+    registered, as tests' fakes) and the timing code (TIMING_MODULES). A stored point with another
+    version is measured again."""
+    import importlib
+
+    from omnibench import identity
+    from omnibench.registry import get_model_class
+    h = hashlib.sha256()
+    if model == "inception":
+        h.update(identity.code_version("omnibench.tasks.fid").encode())
+    else:
+        try:
+            h.update(identity.model_code_version(get_model_class(model, speed_references=True)).encode())
+        except OmnibenchError:
+            pass
+    for name in TIMING_MODULES:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
+
 
 def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every (model, mode, length) point not already in the store, then image-generation speed, then (in
@@ -332,6 +359,16 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
     call of a point runs under its mode's SDPA backends."""
     store = SpeedStore(Path(cfg.output_dir))
     done = store.load()
+    versions = {} if cfg.report_only else {m: point_code_version(m) for m in [*cfg.models, "inception"]}
+    if versions:  # points measured with other code are not finished: measure them again
+        stale = {k: p for k, p in done.items() if p["model"] in versions
+                 and p.get("code_version") != versions[p["model"]]}
+        for model in sorted({p["model"] for p in stale.values()}):
+            mine = [p for p in stale.values() if p["model"] == model]
+            log(f"{model}: {len(mine)} stored point(s) were measured with other code (code_version "
+                f"{', '.join(sorted({str(p.get('code_version')) for p in mine}))}, now {versions[model]}); "
+                "the ones this run selects are measured again")
+        done = {k: p for k, p in done.items() if k not in stale}
     # Points of different GPUs never mix: a re-run on another card measures everything again.
     common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset, "gpu": cfg.gpu or gpu_name(cfg.device)}
     for model in cfg.models:
@@ -354,7 +391,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                         **(adapter.speed_settings() if isinstance(adapter, SpeedProtocol) else {})}
 
             def finish(point: dict[str, Any]) -> None:
-                point.update(settings)
+                point.update(settings, code_version=versions[model])
                 store.append(point)
                 done[SpeedStore.key(point)] = point
 
@@ -390,7 +427,8 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             free_accelerator_memory()
     fid_key = SpeedStore.key({**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0})
     if cfg.fid_features and not cfg.report_only and fid_key not in done:
-        point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0, "model_args": None}
+        point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0, "model_args": None,
+                 "code_version": versions["inception"]}
         point.update(_fid_features_safely(cfg))
         log(f"Inception features: {point['status']}"
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))

@@ -25,6 +25,12 @@ def _peak(p: dict[str, Any]) -> float | None:
     return p.get("peak_memory_bytes_torch")
 
 
+def code_label(point: dict[str, Any]) -> str:
+    """The point's `code_version` (omnibench.speed.point_code_version), shortened; points from before it
+    was recorded say so."""
+    return (point.get("code_version") or "not recorded")[:8]
+
+
 def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for p in sorted((p for p in points if p["kind"] == "context"), key=lambda p: (p["model"], p["mode"], p["length"])):
@@ -38,7 +44,7 @@ def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
             "peak_torch_gib": _gib(p.get("peak_memory_bytes_torch")),
             "nvml_process_gib": _gib(p.get("peak_memory_bytes_nvml")),
             "attention": p.get("attention_backend", "not recorded"),
-            "note": p.get("reason", ""),
+            "code": code_label(p), "note": p.get("reason", ""),
         })
     return pd.DataFrame(rows)
 
@@ -48,7 +54,7 @@ def eval_table(points: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{"model": p["model"], "mode": p["mode"], "workload": p["workload"], "status": p["status"],
              "batch": p.get("batch"), "samples": p.get("samples"), "image": "x".join(map(str, p.get("image_size") or [])),
              "output_tokens": p.get("max_new_tokens"), "samples_per_s": p.get("samples_per_second"),
-             "note": p.get("reason", "")}
+             "code": code_label(p), "note": p.get("reason", "")}
             for p in sorted((p for p in points if p["kind"] == "eval_throughput"),
                             key=lambda p: (p["workload"], p["model"], p["mode"]))]
     return pd.DataFrame(rows)
@@ -146,7 +152,8 @@ def image_table(points: list[dict[str, Any]]) -> pd.DataFrame:
                      "images_per_s": p.get("images_per_second"), "total_s": p.get("total_seconds"),
                      "attention": p.get("attention_backend", "not recorded"),
                      "paper_images_per_s": ref and ref.get("gen_avg_images_per_s"),
-                     "paper_total_s": ref and ref.get("total_s"), "note": p.get("reason", "")})
+                     "paper_total_s": ref and ref.get("total_s"), "code": code_label(p),
+                     "note": p.get("reason", "")})
     return pd.DataFrame(rows)
 
 

@@ -91,6 +91,38 @@ def test_rerun_skips_finished_points_and_measures_only_new_ones(tmp_path):
     assert len([p for p in points if p["kind"] == "context"]) == 6
 
 
+def test_points_measured_with_other_code_are_measured_again_and_the_log_says_so(tmp_path, monkeypatch):
+    from omnibench import speed
+    run_sweep(cfg_for(tmp_path, lengths=[8, 16]), lambda m, mode: TinyRecurrent(), log=lambda s: None)
+    lines = (tmp_path / "speed_points.jsonl").read_text().splitlines()
+    assert {json.loads(l)["code_version"] for l in lines} == {speed.point_code_version("a")}
+    real = speed.point_code_version
+    monkeypatch.setattr(speed, "point_code_version", lambda m: "edited" if m == "a" else real(m))
+    built, logs = [], []
+
+    def counting(model, mode):
+        built.append(model)
+        return TinyRecurrent()
+
+    points = run_sweep(cfg_for(tmp_path, lengths=[8, 16]), counting, log=logs.append)
+    assert built == ["a"]  # b's code is unchanged: nothing of b is measured again
+    assert any(l.startswith("a: 3 stored point(s) were measured with other code") and "now edited" in l for l in logs)
+    assert {p["code_version"] for p in points if p["model"] == "a"} == {"edited"}
+    # A point from before code versions were recorded counts as other code too.
+    store = tmp_path / "speed_points.jsonl"
+    rows = [json.loads(l) for l in store.read_text().splitlines()]
+    store.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "code_version"}) + "\n" for r in rows))
+    built.clear()
+    run_sweep(cfg_for(tmp_path, lengths=[8, 16]), counting, log=lambda s: None)
+    assert built == ["a", "b"]
+
+
+def test_code_version_of_a_point_is_its_model_familys_and_the_timing_codes():
+    from omnibench import speed
+    versions = {m: speed.point_code_version(m) for m in ("omnimamba", "showo", "janusflow", "inception", "unregistered")}
+    assert len(set(versions.values())) == 5 and versions["omnimamba"] == speed.point_code_version("omnimamba")
+
+
 def test_point_timeout_is_recorded_and_the_sweep_goes_on(tmp_path):
     points = run_sweep(cfg_for(tmp_path, models=["slow"], lengths=[8, 16], point_timeout_s=1.0, decode_steps=200),
                        lambda m, mode: TinyRecurrent(sleep_per_step=0.05), log=lambda s: None)
@@ -125,6 +157,8 @@ def test_reports_render_tables_ratios_and_plots(tmp_path):
     md = paths["md"].read_text()
     assert "| omnimamba | best" in md and "oom" in md
     assert "119.2x" in md and "baseline point not ok" in md  # the paper's claim, and why ours is missing
+    from omnibench.speed import point_code_version
+    assert f"| {point_code_version('omnimamba')[:8]} |" in md  # each point's code version is shown
     for name in ("speed_time", "speed_decode", "speed_memory"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(paths["json"].read_text())
