@@ -27,8 +27,8 @@ def _peak(p: dict[str, Any]) -> float | None:
 
 def code_label(point: dict[str, Any]) -> str:
     """The point's `code_version` (omnibench.speed.point_code_version), shortened; points from before it
-    was recorded say so."""
-    return (point.get("code_version") or "not recorded")[:8]
+    was recorded show "-"."""
+    return point["code_version"][:8] if point.get("code_version") else "-"
 
 
 def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
