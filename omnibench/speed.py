@@ -5,7 +5,7 @@ decode steps that each append one token at that context (median latency of many 
 memory from torch and from NVML. The total time of a generation up to the length is measured in full
 where it fits the budget, else integrated from the per-point latencies and labelled so. Points stream to
 a JSONL file as they finish; a re-run skips finished points measured with the same code (`code_version`:
-the model family's modules and the timing code), and measures again, saying so, those measured with other
+the model family's modules, an evaluation point's task, the timing code), and measures again, saying so, those measured with other
 code. An out-of-memory point or one past the timeout is recorded as such and the sweep goes on (longer
 points of that model are then skipped).
 
@@ -331,15 +331,15 @@ AdapterFactory = Callable[[str, str], ModelAdapter]
 TIMING_MODULES = ("omnibench.speed", "omnibench.prep")  # what times a point, besides the model's own code
 
 
-def point_code_version(model: str) -> str:
+def point_code_version(model: str, workload: str | None = None) -> str:
     """The project code a point's numbers depend on: the model family's modules and libraries
     (`identity.model_code_version`; tasks/fid.py for the Inception point; nothing for a model that is not
-    registered, as tests' fakes) and the timing code (TIMING_MODULES). A stored point with another
-    version is measured again."""
+    registered, as tests' fakes), an evaluation point's task module (its `throughput_requests` make the
+    requests) and the timing code (TIMING_MODULES). A stored point with another version is measured again."""
     import importlib
 
     from omnibench import identity
-    from omnibench.registry import get_model_class
+    from omnibench.registry import get_model_class, get_task_class
     h = hashlib.sha256()
     if model == "inception":
         h.update(identity.code_version("omnibench.tasks.fid").encode())
@@ -348,6 +348,8 @@ def point_code_version(model: str) -> str:
             h.update(identity.model_code_version(get_model_class(model, speed_references=True)).encode())
         except OmnibenchError:
             pass
+    if workload is not None:
+        h.update(identity.code_version(get_task_class(workload).__module__).encode())
     for name in TIMING_MODULES:
         h.update(Path(importlib.import_module(name).__file__).read_bytes())
     return h.hexdigest()[:16]
@@ -359,14 +361,20 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
     call of a point runs under its mode's SDPA backends."""
     store = SpeedStore(Path(cfg.output_dir))
     done = store.load()
-    versions = {} if cfg.report_only else {m: point_code_version(m) for m in [*cfg.models, "inception"]}
-    if versions:  # points measured with other code are not finished: measure them again
-        stale = {k: p for k, p in done.items() if p["model"] in versions
-                 and p.get("code_version") != versions[p["model"]]}
+    versions: dict[tuple[str, str | None], str] = {}
+
+    def version(model: str, workload: str | None = None) -> str:
+        if (model, workload) not in versions:
+            versions[model, workload] = point_code_version(model, workload)
+        return versions[model, workload]
+    if not cfg.report_only:  # points measured with other code are not finished: measure them again
+        stale = {k: p for k, p in done.items() if p["model"] in {*cfg.models, "inception"}
+                 and p.get("code_version") != version(p["model"], p.get("workload"))}
         for model in sorted({p["model"] for p in stale.values()}):
             mine = [p for p in stale.values() if p["model"] == model]
             log(f"{model}: {len(mine)} stored point(s) were measured with other code (code_version "
-                f"{', '.join(sorted({str(p.get('code_version')) for p in mine}))}, now {versions[model]}); "
+                f"{', '.join(sorted({str(p.get('code_version')) for p in mine}))}, now "
+                f"{', '.join(sorted({version(model, p.get('workload')) for p in mine}))}); "
                 "the ones this run selects are measured again")
         done = {k: p for k, p in done.items() if k not in stale}
     # Points of different GPUs never mix: a re-run on another card measures everything again.
@@ -391,7 +399,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                         **(adapter.speed_settings() if isinstance(adapter, SpeedProtocol) else {})}
 
             def finish(point: dict[str, Any]) -> None:
-                point.update(settings, code_version=versions[model])
+                point.update(settings, code_version=version(model, point.get("workload")))
                 store.append(point)
                 done[SpeedStore.key(point)] = point
 
@@ -428,7 +436,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
     fid_key = SpeedStore.key({**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0})
     if cfg.fid_features and not cfg.report_only and fid_key not in done:
         point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0, "model_args": None,
-                 "code_version": versions["inception"]}
+                 "code_version": version("inception")}
         point.update(_fid_features_safely(cfg))
         log(f"Inception features: {point['status']}"
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))

@@ -97,7 +97,7 @@ def test_points_measured_with_other_code_are_measured_again_and_the_log_says_so(
     lines = (tmp_path / "speed_points.jsonl").read_text().splitlines()
     assert {json.loads(l)["code_version"] for l in lines} == {speed.point_code_version("a")}
     real = speed.point_code_version
-    monkeypatch.setattr(speed, "point_code_version", lambda m: "edited" if m == "a" else real(m))
+    monkeypatch.setattr(speed, "point_code_version", lambda m, w=None: "edited" if m == "a" else real(m, w))
     built, logs = [], []
 
     def counting(model, mode):
@@ -121,6 +121,8 @@ def test_code_version_of_a_point_is_its_model_familys_and_the_timing_codes():
     from omnibench import speed
     versions = {m: speed.point_code_version(m) for m in ("omnimamba", "showo", "janusflow", "inception", "unregistered")}
     assert len(set(versions.values())) == 5 and versions["omnimamba"] == speed.point_code_version("omnimamba")
+    # An evaluation point also depends on its task's code (the requests it times come from there).
+    assert len({speed.point_code_version("omnimamba", w) for w in (None, "pope", "mme")}) == 3
 
 
 def test_point_timeout_is_recorded_and_the_sweep_goes_on(tmp_path):
