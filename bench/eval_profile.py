@@ -76,20 +76,22 @@ def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, p
     out["samples_per_s_model_only"] = batch / out["generate_prepared_s"]
     from omnibench.prep import default_workers
     from omnibench.speed import SweepConfig, _eval_speed_safely
-    for workers in sorted({0, default_workers(device)}):  # the speed point's pipeline, host prep here or in workers
+    import sys
+    default_interval = sys.getswitchinterval()
+    # The speed point's pipeline, host prep here or in workers; with `switch_interval`, also the workers'
+    # pipeline under that GIL switch interval (the model thread waits less for the GIL while the host
+    # threads pickle and unpickle batches).
+    runs = [(w, None) for w in sorted({0, default_workers(device)})]
+    runs += [(default_workers(device), switch_interval)] if switch_interval else []
+    for workers, interval in runs:
         cfg = SweepConfig(models=[name], device=device, eval_samples=pipeline_samples, eval_batch=batch,
                           prep_workers=workers)
-        out[f"pipeline_prep_workers_{workers}"] = _eval_speed_safely(adapter, "pope", cfg)
-    if switch_interval:  # the same pipeline with a shorter GIL switch interval (the model thread waits less
-        import sys       # for the GIL while the host threads pickle and unpickle batches)
-        default = sys.getswitchinterval()
-        sys.setswitchinterval(switch_interval)
+        sys.setswitchinterval(interval or default_interval)
         try:
-            cfg = SweepConfig(models=[name], device=device, eval_samples=pipeline_samples, eval_batch=batch,
-                              prep_workers=default_workers(device))
-            out[f"pipeline_prep_workers_{cfg.prep_workers}_switch_interval_{switch_interval}"] = _eval_speed_safely(adapter, "pope", cfg)
+            key = f"pipeline_prep_workers_{workers}" + (f"_switch_interval_{interval}" if interval else "")
+            out[key] = _eval_speed_safely(adapter, "pope", cfg)
         finally:
-            sys.setswitchinterval(default)
+            sys.setswitchinterval(default_interval)
     record: dict[str, float] = defaultdict(float)
     if name == "omnimamba":
         m = adapter.model
