@@ -6,8 +6,8 @@ memory from torch and from NVML. The total time of a generation up to the length
 where it fits the budget, else integrated from the per-point latencies and labelled so. Points stream to
 a JSONL file as they finish; a re-run skips finished points measured with the same code (`code_version`:
 the model family's modules, an evaluation point's task, the timing code), and measures again, saying so,
-those measured with other code. An out-of-memory point or one past the timeout is recorded as such and the sweep goes on (longer
-points of that model are then skipped).
+those measured with other code. An out-of-memory point or one past the timeout is recorded as such and
+the sweep goes on (longer points of that model are then skipped).
 
 Every timed call is first made untimed at exactly its timed shapes (batch, length, route, cache size):
 Triton compile and autotune, CUDA-graph capture, cuDNN plans and allocator growth happen there, never
