@@ -99,7 +99,7 @@ import torch.nn.functional as F
 from omnibench.models.omnimamba import fused
 from omnibench.models.omnimamba.modeling_omnimamba import GatedRMSNorm, RMSNorm, add_rms_norm
 worst = 0.0
-for rows, has_residual in [(1, False), (1, True), (3, True)]:
+for rows, has_residual in [(1, False), (1, True), (3, True), (9, False), (16, True), (20, True)]:
     g = torch.Generator().manual_seed(rows)
     k, n = 96, 37  # K not a power of two, N not a multiple of the block
     x, z = torch.randn(rows, k, generator=g), torch.randn(rows, k, generator=g)
@@ -110,7 +110,8 @@ for rows, has_residual in [(1, False), (1, True), (3, True)]:
         norm.weight.uniform_(0.5, 1.5, generator=g)
         gated.weight.uniform_(0.5, 1.5, generator=g)
         assert fused.fused_available(x, residual)
-        for config in [(4, 2), (16, 4)]:
+        gemv = rows <= fused.MAX_ROWS  # more rows: the tensor-core GEMM kernel
+        for config in [(4, 2), (16, 4)] if gemv else [(16, 32, 4, 1), (32, 64, 4, 2)]:
             out, res = fused.norm_linear(x, residual, norm.weight, 1e-5, w, config=config)
             h, res_ref = add_rms_norm(x, residual, norm, prenorm=True)
             assert torch.equal(res, res_ref), "residual"
@@ -122,7 +123,8 @@ print(worst)
 
 
 def test_fused_norm_gemv_kernels_equal_the_unfused_ops():
-    """The Triton decode kernels, run by Triton's CPU interpreter, against the ops they replace, in fp32."""
+    """The Triton decode kernels (the GEMV up to MAX_ROWS rows, the GEMM above), run by Triton's CPU
+    interpreter, against the ops they replace, in fp32."""
     assert interpreted(_FUSED_CHECK) < 1e-5
 
 
@@ -132,7 +134,7 @@ from omnibench.models.omnimamba import fused
 from omnibench.models.omnimamba.ssd import conv_update_triton
 checked = 0
 for dtype in (torch.float32, torch.bfloat16):
-    for rows, block in ((1, 4), (3, 8), (2, 2)):
+    for rows, block in ((1, (4, 2)), (3, (8, 2)), (2, (2, 2)), (9, (8, 32, 4, 1)), (17, (8, 64, 4, 2))):
         g = torch.Generator().manual_seed(rows)
         k, lo, c, tail = 96, 24, 40, 12  # features: z | xBC, the conv channels | dt
         x, res = torch.randn(rows, k, generator=g).to(dtype), torch.randn(rows, k, generator=g)
@@ -140,11 +142,11 @@ for dtype in (torch.float32, torch.bfloat16):
         w = (torch.randn(lo + c + tail, k, generator=g) / k ** 0.5).to(dtype)
         window = torch.randn(rows, c, 4, generator=g).to(dtype)
         cw, cb = torch.randn(c, 4, generator=g).to(dtype), torch.randn(c, generator=g).to(dtype)
-        ref, ref_res = fused.norm_linear(x, res, nw, 1e-5, w, config=(block, 2))
+        ref, ref_res = fused.norm_linear(x, res, nw, 1e-5, w, config=block)
         ref_window = window.clone()
         ref_conv = conv_update_triton(ref[:, lo:lo + c], ref_window, cw, cb)
         got_window = window.clone()
-        got, got_res = fused.norm_linear(x, res, nw, 1e-5, w, config=(block, 2), conv=(got_window, cw, cb, lo))
+        got, got_res = fused.norm_linear(x, res, nw, 1e-5, w, config=block, conv=(got_window, cw, cb, lo))
         assert torch.equal(got_res, ref_res)
         assert torch.equal(got[:, :lo], ref[:, :lo]) and torch.equal(got[:, lo + c:], ref[:, lo + c:]), "z, dt raw"
         assert torch.equal(got[:, lo:lo + c], ref_conv), (dtype, rows, "conv output")
@@ -161,9 +163,10 @@ print(checked)
 
 
 def test_in_proj_conv_epilogue_equals_norm_linear_then_conv_update_bit_for_bit():
-    """The in_proj GEMV with the conv update in its epilogue computes exactly what the GEMV followed by
-    `conv_update_triton` computes, output and conv window, in fp32 and bf16, on 1 to 3 rows."""
-    assert interpreted(_CONV_EPILOGUE_CHECK) == 6
+    """The in_proj GEMV (1 to 3 rows) and GEMM (9 and 17 rows) with the conv update in their epilogue
+    compute exactly what the kernel followed by `conv_update_triton` computes, output and conv window, in
+    fp32 and bf16."""
+    assert interpreted(_CONV_EPILOGUE_CHECK) == 10
 
 
 _STATE_UPDATE_CHECK = """
@@ -227,12 +230,16 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 fused.DEFAULT_CONFIG = (32, 4)  # fewer programs for the interpreter to walk; 32 divides the conv range's bounds
+fused.DEFAULT_GEMM_CONFIG = (32, 32, 4, 1)
 torch.manual_seed(0)
 model = OmniMamba(tiny_config()).eval()
 worst = 0.0
 batch = 2
-for max_rows, route in ((8, "mmu"), (1, "t2i")):  # batch > MAX_ROWS: unfused GEMVs, still our state update
-    fused.MAX_ROWS = max_rows
+# The GEMV (batch <= MAX_ROWS), the GEMM (MAX_ROWS < batch <= MAX_GEMM_ROWS), and above: the unfused
+# GEMMs, still with our state update.
+for max_rows, max_gemm_rows, route in ((8, 8, "mmu"), (1, 8, "t2i"), (1, 1, "t2i")):
+    fused.MAX_ROWS, fused.MAX_GEMM_ROWS = max_rows, max_gemm_rows
+    fused._gemm_kernel.cache_clear()
     g = torch.Generator().manual_seed(max_rows)
     ids = torch.randint(0, 60, (batch, 7), generator=g)
     embeds = model.with_mmu_positions(model.text_embeddings(ids)) if route == "mmu" else model.caption_embeddings(ids)
@@ -245,7 +252,7 @@ for max_rows, route in ((8, "mmu"), (1, "t2i")):  # batch > MAX_ROWS: unfused GE
         calls.clear()
         logits = torch.stack([model.step(state, ids[:, t]) for t in range(2)])
         out[fuse] = (logits, state)
-        if fuse and batch <= fused.MAX_ROWS:
+        if fuse and batch <= fused.MAX_GEMM_ROWS:
             assert calls[:4] == ["norm_linear+conv", "state_update", "gated_norm_linear", "norm_linear+conv"], calls
         elif fuse:
             assert calls == ["state_update"] * len(calls) and len(calls) == 2 * len(model.lm.backbone.layers), calls
@@ -253,13 +260,15 @@ for max_rows, route in ((8, "mmu"), (1, "t2i")):  # batch > MAX_ROWS: unfused GE
             assert not calls
     (lf, sf), (lp, sp) = out[True], out[False]
     worst = max(worst, rel(lf, lp), *(rel(a, b) for a, b in zip(sf.conv + sf.ssm, sp.conv + sp.ssm)))
+    assert fused._gemm_kernel.cache_info().currsize == (max_rows < max_gemm_rows), "the GEMM kernel ran"
 print(worst)
 """
 
 
 def test_fused_decode_steps_equal_the_pytorch_steps():
-    """Several whole OmniMamba steps through fused.py's kernels (three a layer; with more rows than the
-    GEMVs take, the unfused GEMVs with fused.py's state update) against the plain-PyTorch steps, in fp32:
+    """Several whole OmniMamba steps through fused.py's kernels (three a layer, with the GEMV and with the
+    GEMM kernel; with more rows than they take, the unfused GEMMs with fused.py's state update) against
+    the plain-PyTorch steps, in fp32:
     logits and every layer's conv window and SSM state."""
     assert interpreted(_FUSED_STEP_CHECK) < 1e-5
 
@@ -498,6 +507,21 @@ def test_mmu_batch_answers_equal_one_by_one_answers(adapter):
     assert batched == alone
     assert all(isinstance(t, str) for t in batched)
     assert len(adapter.tokenizer(batched[1]).input_ids) <= 3
+
+
+def test_batch_embeddings_equal_each_prompt_embedded_alone_and_zero_padded(adapter):
+    """One ids tensor for the batch (rows with and without an image, different lengths) gives, bit for
+    bit, what embedding each prompt alone and padding with zeros gave."""
+    m = adapter.model
+    feats = m.image_features(m.vision_backbone.preprocess([drawn_image(1, size=56), drawn_image(2, size=40)]))
+    ids = [adapter.mmu_text_ids(q) for q in ("what color is the square?", "how many", "describe it in detail")]
+    images = {0: feats[0:1], 2: feats[1:2]}
+    got, lengths = adapter.mmu_batch_embeddings(ids, images)
+    alone = [adapter.mmu_embeddings(t, images.get(i))[0] for i, t in enumerate(ids)]
+    assert lengths.tolist() == [len(e) for e in alone] and len(set(lengths.tolist())) == 3
+    want = torch.nn.utils.rnn.pad_sequence(alone, batch_first=True)
+    assert torch.equal(got, want) and not torch.equal(got[0], got[2])
+    assert (got[1, 2:2 + m.config.vision.num_patches].abs().sum(-1) > 0).all()  # positions added to the zeros
 
 
 def test_mmu_generation_reads_the_image(adapter):

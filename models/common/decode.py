@@ -18,14 +18,14 @@ def greedy(logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor], s
            max_new_tokens: int) -> torch.Tensor:
     """Argmax tokens (B, T <= max_new_tokens), until every row has emitted one of `stop_ids`. A finished row
     repeats its stop id (and `step` reads that); no step follows the last token."""
-    stops = torch.tensor(sorted(stop_ids), device=logits.device)
     token = logits.argmax(-1)
     done = torch.zeros_like(token, dtype=torch.bool)
     out = []
     for i in range(max_new_tokens):
         token = torch.where(done, token, logits.argmax(-1))
         out.append(token)
-        done |= torch.isin(token, stops)
+        for stop in stop_ids:  # against Python ints: no stop-id tensor copied to the device (a sync)
+            done |= token == stop
         if bool(done.all()) or i == max_new_tokens - 1:
             break
         logits = step(token)

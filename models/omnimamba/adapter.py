@@ -151,6 +151,27 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
         return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
 
+    def mmu_batch_embeddings(self, ids: Sequence[list[int]],
+                             image_features: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`mmu_embeddings` of each prompt (ids from `mmu_text_ids`; row i's image features (1, 729, d) in
+        `image_features[i]`, zeros if none), right-padded with zeros: (b, l, d) and the lengths (b,), the
+        same numbers as padding the rows one by one. Built from one host-to-device copy, without waiting for
+        the device: the prefill is queued behind the towers while they run."""
+        m, n = self.model, self.model.config.vision.num_patches
+        rows = [[self.ids["mmu"], self.ids["soi"], *[0] * n, self.ids["eoi"], self.ids["sot"], *t] for t in ids]
+        longest = max(len(r) for r in rows)
+        host = torch.tensor([[len(r)] + r + [0] * (longest - len(r)) for r in rows], dtype=torch.long)
+        if self._device.type == "cuda":
+            host = host.pin_memory()
+        host = host.to(self._device, non_blocking=True)
+        lengths, x = host[:, 0], m.text_embeddings(host[:, 1:])
+        x[:, 2:2 + n] = 0  # upstream's text-only layout: zeros where the image would be
+        for i, feats in image_features.items():
+            x[i, 2:2 + n] = feats[0].to(x.dtype)
+        x = m.with_mmu_positions(x)
+        pad = torch.arange(longest, device=x.device)[None, :] >= lengths[:, None]
+        return x.masked_fill(pad[..., None], 0), lengths
+
     def preprocessor(self):
         return functools.partial(prepare_requests, tokenizer=self.tokenizer, size=self.model.config.vision.image_size,
                                  template=self.args["prompt"])
@@ -171,9 +192,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
             feats = {i: out[j: j + 1] for j, i in enumerate(with_image)}
         # One prefill for the batch: prompts right-padded, each read to its own length (the padding
         # neither reaches a prompt's outputs nor changes its state; Mamba2Mixer.forward), then one decode.
-        embeds = [self.mmu_embeddings(p.ids, feats.get(i))[0] for i, p in enumerate(items)]
-        lengths = torch.tensor([len(e) for e in embeds], device=self._device)
-        state, first = m.prefill(torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True), "mmu", lengths)
+        embeds, lengths = self.mmu_batch_embeddings([p.ids for p in items], feats)
+        state, first = m.prefill(embeds, "mmu", lengths)
         requests = [p.request for p in items]
         limits = token_limits(requests, 1024)
         tokens = greedy(first, lambda token: self.decode_step(state, token), self.stop_ids, max(limits))
