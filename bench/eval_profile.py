@@ -102,7 +102,7 @@ def eval_phases(name: str, batch: int, repeats: int, device: str, preset: str, p
             eager, out["vision_eager_s"] = timed(m.image_features, pixels)
             m.use_cuda_graphs = True
             out["vision_graphed_vs_eager_max_abs"] = (graphed.float() - eager.float()).abs().max().item()
-        with phases(m, ["image_features", "prefill"], record), phases(adapter, ["mmu_embeddings", "decode_step"], record):
+        with phases(m, ["image_features", "prefill"], record), phases(adapter, ["mmu_batch_embeddings", "decode_step"], record):
             _, total = timed(adapter.generate_prepared, items)
         out["phases_s"] = dict(record, total_synchronised=total)
         out["top_kernels"] = top_kernels(lambda: adapter.generate_prepared(items), n=25)
@@ -115,12 +115,28 @@ def t2i_phases(batch: int, device: str, preset: str) -> dict:
     requests = [Request(f"t2i_{i}", "A Picture", seed=i) for i in range(batch)]
     adapter.generate_images(requests)
     adapter.generate_images(requests)
+    m, vq = adapter.model, adapter.model.llm_backbone.vqvae
     with torch.inference_mode():
         codes, tok_s = timed(adapter.generate_image_tokens, requests)
-        pixels, vq_s = timed(adapter.model.llm_backbone.vqvae.decode_code, codes)
+        pixels, vq_s = timed(vq.decode_code, codes)
+        # The decoder's convolutions with channels-last tensors (a diagnostic: same weights, other layout).
+        vq.to(memory_format=torch.channels_last)
+        vq.decode_code(codes)
+        last, vq_last_s = timed(vq.decode_code, codes)
+        vq.to(memory_format=torch.contiguous_format)
+        # The graphed decode step alone (no sampling), on a T2I state of this batch.
+        ids = torch.tensor([adapter.t2i_ids(r.prompt) for r in requests], device=device)
+        (state, logits), prefill_s = timed(m.prefill, m.caption_embeddings(ids), "t2i")
+        token = logits.argmax(-1)
+        for _ in range(3):
+            m.step(state, token)
+        _, steps_s = timed(lambda: [m.step(state, token) for _ in range(50)])
     _, total = timed(adapter.generate_images, requests)
-    steps = adapter.model.config.num_image_tokens
+    steps = m.config.num_image_tokens
     return {"batch": batch, "image_tokens_s": tok_s, "per_step_ms": tok_s / steps * 1e3, "vq_decode_s": vq_s,
+            "vq_decode_channels_last_s": vq_last_s,
+            "vq_channels_last_max_abs_diff": (last.float() - pixels.float()).abs().max().item(),
+            "caption_prefill_s": prefill_s, "graphed_step_ms": steps_s / 50 * 1e3,
             "generate_images_s": total, "images_per_s": batch / total,
             "top_kernels_tokens": top_kernels(lambda: adapter.generate_image_tokens(requests), n=12),
             "top_kernels_vq": top_kernels(lambda: adapter.model.llm_backbone.vqvae.decode_code(codes), n=8)}

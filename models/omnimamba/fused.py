@@ -1,4 +1,4 @@
-"""Decode-step kernels: a Mamba-2 layer's step in three Triton kernels, overlapped by PDL.
+"""Decode-step kernels: a Mamba-2 layer's batch-1 step in three Triton kernels, overlapped by PDL.
 
 At batch 1 a decode step is a chain of matrix-vector products whose weights are read once from HBM;
 between them sit small ops (norms over one row, the conv update), each its own ~2 us launch. Here they
@@ -18,15 +18,8 @@ conv, the conv output, the new state to the state's dtype) and computes in fp32,
 the unfused ops (mamba-ssm's `layer_norm_fn` / `rmsnorm_fn`, cuBLAS, `conv_update_triton`,
 `selective_state_update`) compute, to fp32 summation order; the conv epilogue is bit for bit
 `conv_update_triton`. The model's own unfused ops are the reference and the path on CPU, for batches
-larger than `MAX_GEMM_ROWS`, and for grouped norms.
-
-Two kernels compute the two norm+projection ops. Up to `MAX_ROWS` rows, a GEMV (`norm_gemv`): each
-program holds a few weight rows whole and serves every batch row from them on the CUDA cores. Above, up to
-`MAX_GEMM_ROWS` (text-to-image at batch 16 and 32, batched understanding), a tensor-core GEMM
-(`norm_gemm`): each program owns BLOCK_N output features for all rows and streams K; since the norm is
-over whole rows, it first reads its rows once for their rstd, then normalises, rounds and multiplies
-chunk by chunk. Block sizes were picked with the weights cold in L2: the GEMV's on an H100
-(bench/omnimamba_gpu.py --gemv-sweep), the GEMM's on an H200 (bench/batched_decode.py).
+larger than `MAX_ROWS`, and for grouped norms. Block sizes were picked on an H100 with the weights cold
+in L2 (bench/omnimamba_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
 
 Programmatic Dependent Launch (PDL, compute capability >= 9): each kernel is launched so that it may
 start while the kernel before it is still running. A program first loads what no kernel of the step
@@ -61,13 +54,6 @@ MAX_ROWS = 8  # batch rows one GEMV program serves from the weight tile it holds
 # norm kernel: 16.4, 12.1, 79.2 us). Other shapes use DEFAULT_CONFIG.
 CONFIGS: dict[tuple[int, int], tuple[int, int]] = {(8512, 2048): (2, 4), (2048, 4096): (4, 8), (50288, 2048): (2, 4)}
 DEFAULT_CONFIG = (2, 4)
-# Above MAX_ROWS and up to MAX_GEMM_ROWS rows (batched decode, text-to-image at batch 16 and 32), the same
-# fused ops run as a tensor-core GEMM: (BLOCK_N, BLOCK_K, num_warps, num_stages) per (out, in) features.
-MAX_GEMM_ROWS = 32
-GEMM_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
-    (8512, 2048): (64, 128, 4, 4), (2048, 4096): (16, 256, 4, 3), (16384, 2048): (64, 128, 4, 4),
-    (50288, 2048): (64, 128, 4, 4)}
-DEFAULT_GEMM_CONFIG = (32, 128, 4, 3)
 # (BLOCK_P, num_warps) of the state update: headdim 64 x d_state 128 gives 4 x 64 programs per batch row,
 # few enough that all of them are resident at once and issue their state loads before gdc_wait.
 STATE_CONFIG = (16, 4)
@@ -155,89 +141,6 @@ def _gemv_kernel():
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def norm_gemm(x_ptr, z_ptr, res_ptr, res_out_ptr, nw_ptr, w_ptr, out_ptr, conv_state_ptr, conv_w_ptr,
-                  conv_b_ptr, M, N, K, eps, conv_lo, conv_hi,
-                  stride_x, stride_z, stride_res, stride_res_out, stride_out, stride_conv_state,
-                  GATED: tl.constexpr, HAS_RES: tl.constexpr, CONV: tl.constexpr, USE_PDL: tl.constexpr,
-                  IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # One program: BLOCK_N output features for all M (<= BLOCK_M) rows, K in BLOCK_K steps on the
-        # tensor cores. The norm is over whole rows, so a first pass over K gets each row's rstd (program 0
-        # also stores the new residual); the second pass normalises, rounds and multiplies.
-        pid = tl.program_id(0)
-        m = tl.arange(0, BLOCK_M)
-        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_ok, n_ok = m < M, n < N
-        if USE_PDL:  # nothing is loaded before the wait here: the weights stream through the K loop
-            tl.extra.cuda.gdc_launch_dependents()
-            tl.extra.cuda.gdc_wait()
-        sumsq = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            mk = m_ok[:, None] & (k < K)[None, :]
-            x = tl.load(x_ptr + m[:, None] * stride_x + k[None, :], mask=mk, other=0.0).to(tl.float32)
-            if GATED:
-                z = tl.load(z_ptr + m[:, None] * stride_z + k[None, :], mask=mk, other=0.0).to(tl.float32)
-                x = x * z * tl.sigmoid(z)
-            else:
-                if HAS_RES:
-                    x += tl.load(res_ptr + m[:, None] * stride_res + k[None, :], mask=mk, other=0.0)
-                tl.store(res_out_ptr + m[:, None] * stride_res_out + k[None, :], x, mask=mk & ((k * 0 + pid) == 0)[None, :])
-            sumsq += tl.sum(x * x, axis=1)
-        rstd = 1.0 / tl.sqrt(sumsq / K + eps)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < K
-            mk = m_ok[:, None] & k_ok[None, :]
-            x = tl.load(x_ptr + m[:, None] * stride_x + k[None, :], mask=mk, other=0.0).to(tl.float32)
-            if GATED:
-                z = tl.load(z_ptr + m[:, None] * stride_z + k[None, :], mask=mk, other=0.0).to(tl.float32)
-                x = x * z * tl.sigmoid(z)
-            elif HAS_RES:
-                x += tl.load(res_ptr + m[:, None] * stride_res + k[None, :], mask=mk, other=0.0)
-            nw = tl.load(nw_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            h = (x * rstd[:, None] * nw[None, :]).to(w_ptr.dtype.element_ty)
-            w = tl.load(w_ptr + n[None, :] * K + k[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-            if IEEE:  # fp32 weights: a true fp32 product, not TF32
-                acc += tl.dot(h, w, input_precision="ieee")
-            else:
-                acc += tl.dot(h, w)
-        out = acc.to(out_ptr.dtype.element_ty)
-        if CONV:  # as in norm_gemv: the conv update of each conv channel, in conv_update_triton's order
-            c = n - conv_lo
-            c_ok = n_ok & (n >= conv_lo) & (n < conv_hi)
-            cw = conv_w_ptr + c * 4
-            cw0 = tl.load(cw, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            cw1 = tl.load(cw + 1, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            cw2 = tl.load(cw + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            cw3 = tl.load(cw + 3, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            cb = tl.load(conv_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            mc = m_ok[:, None] & c_ok[None, :]
-            win = conv_state_ptr + m[:, None] * stride_conv_state + c[None, :] * 4
-            s1 = tl.load(win + 1, mask=mc, other=0.0)
-            s2 = tl.load(win + 2, mask=mc, other=0.0)
-            s3 = tl.load(win + 3, mask=mc, other=0.0)
-            conv = cb + s1.to(tl.float32) * cw0
-            conv += s2.to(tl.float32) * cw1
-            conv += s3.to(tl.float32) * cw2
-            conv += out.to(tl.float32) * cw3
-            tl.store(win, s1, mask=mc)
-            tl.store(win + 1, s2, mask=mc)
-            tl.store(win + 2, s3, mask=mc)
-            tl.store(win + 3, out.to(s1.dtype), mask=mc)
-            conv = conv * tl.sigmoid(conv)
-            out = tl.where(c_ok[None, :], conv.to(out_ptr.dtype.element_ty), out)
-        tl.store(out_ptr + m[:, None] * stride_out + n[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
-
-    return norm_gemm
-
-
-@functools.lru_cache(maxsize=None)
 def _state_update_kernel():
     import triton
     import triton.language as tl
@@ -285,10 +188,10 @@ def kernels_run_on(device: torch.device) -> bool:
 
 
 def fused_available(*rows: torch.Tensor | None) -> bool:
-    """The fused kernels take rows where `kernels_run_on`, at most MAX_GEMM_ROWS of them, each row
-    contiguous; a None (no residual yet) is fine."""
+    """The GEMV kernels take rows where `kernels_run_on`, at most MAX_ROWS of them, each row contiguous;
+    a None (no residual yet) is fine."""
     rows = [t for t in rows if t is not None]
-    return all(kernels_run_on(t.device) and t.dim() == 2 and t.shape[0] <= MAX_GEMM_ROWS and t.stride(-1) == 1
+    return all(kernels_run_on(t.device) and t.dim() == 2 and t.shape[0] <= MAX_ROWS and t.stride(-1) == 1
                for t in rows)
 
 
@@ -302,18 +205,12 @@ def _has_triton() -> bool:
 
 
 def _launch(x, z, residual, norm_weight, eps, weight, gated: bool, config=None, conv=None):
-    """Up to MAX_ROWS rows: the GEMV kernel, `config` (BLOCK_N, num_warps); more: the GEMM kernel, `config`
-    (BLOCK_N, BLOCK_K, num_warps, num_stages). Both compute the same ops (module docstring)."""
     import triton
 
     rows, k = x.shape
     n = weight.shape[0]
     assert weight.is_contiguous() and weight.shape[1] == k, "the kernel reads weight rows of length K"
-    assert rows <= MAX_GEMM_ROWS, f"{rows} rows: the fused kernels take at most {MAX_GEMM_ROWS}"
-    gemv = rows <= MAX_ROWS
-    config = config or (CONFIGS.get((n, k), DEFAULT_CONFIG) if gemv else GEMM_CONFIGS.get((n, k), DEFAULT_GEMM_CONFIG))
-    assert len(config) == (2 if gemv else 4), f"{rows} rows take a {'GEMV' if gemv else 'GEMM'} config, not {config}"
-    block_n = config[0]
+    block_n, warps = config or CONFIGS.get((n, k), DEFAULT_CONFIG)
     out = torch.empty(rows, n, device=x.device, dtype=x.dtype)
     res_out = None if gated else torch.empty(rows, k, device=x.device, dtype=torch.float32)
     dummy = out
@@ -324,20 +221,13 @@ def _launch(x, z, residual, norm_weight, eps, weight, gated: bool, config=None, 
         assert conv_state.shape == (rows, conv_hi - conv_lo, 4) and conv_state.is_contiguous()
         assert conv_weight.shape == (conv_hi - conv_lo, 4) and conv_weight.is_contiguous()
     pdl = pdl_enabled(x.device)
-    args = (x, z if gated else dummy, residual if residual is not None else dummy, res_out if not gated else dummy,
-            norm_weight, weight, out, conv_state, conv_weight, conv_bias)
-    strides = (x.stride(0), z.stride(0) if gated else 0, residual.stride(0) if residual is not None else 0,
-               0 if gated else res_out.stride(0), out.stride(0), conv_state.stride(0) if conv is not None else 0)
-    flags = dict(GATED=gated, HAS_RES=residual is not None, CONV=conv is not None, USE_PDL=pdl, launch_pdl=pdl)
-    if gemv:
-        _gemv_kernel()[(triton.cdiv(n, block_n),)](
-            *args, n, k, eps, conv_lo, conv_hi, *strides, ROWS=rows, **flags,
-            BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(k), num_warps=config[1])
-    else:
-        _gemm_kernel()[(triton.cdiv(n, block_n),)](
-            *args, rows, n, k, eps, conv_lo, conv_hi, *strides, **flags, IEEE=weight.dtype == torch.float32,
-            BLOCK_M=max(16, triton.next_power_of_2(rows)), BLOCK_N=block_n, BLOCK_K=config[1],
-            num_warps=config[2], num_stages=config[3])
+    _gemv_kernel()[(triton.cdiv(n, block_n),)](
+        x, z if gated else dummy, residual if residual is not None else dummy, res_out if not gated else dummy,
+        norm_weight, weight, out, conv_state, conv_weight, conv_bias, n, k, eps, conv_lo, conv_hi,
+        x.stride(0), z.stride(0) if gated else 0, residual.stride(0) if residual is not None else 0,
+        0 if gated else res_out.stride(0), out.stride(0), conv_state.stride(0) if conv is not None else 0,
+        ROWS=rows, GATED=gated, HAS_RES=residual is not None, CONV=conv is not None, USE_PDL=pdl,
+        BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(k), num_warps=warps, launch_pdl=pdl)
     return out, res_out
 
 
