@@ -126,7 +126,13 @@ def t2i_phases(batch: int, device: str, preset: str) -> dict:
         vq.to(memory_format=torch.contiguous_format)
         # The graphed decode step alone (no sampling), on a T2I state of this batch.
         ids = torch.tensor([adapter.t2i_ids(r.prompt) for r in requests], device=device)
-        (state, logits), prefill_s = timed(m.prefill, m.caption_embeddings(ids), "t2i")
+        embeds = m.caption_embeddings(ids)
+        (state, logits), prefill_s = timed(m.prefill, embeds, "t2i")  # replayed from its CUDA graph
+        m.use_cuda_graphs = False
+        (eager, eager_logits), eager_prefill_s = timed(m.prefill, embeds, "t2i")
+        m.use_cuda_graphs = True
+        prefill_equal = torch.equal(logits, eager_logits) and all(
+            torch.equal(a, b) for a, b in zip(state.tensors(), eager.tensors()))
         token = logits.argmax(-1)
         for _ in range(3):
             m.step(state, token)
@@ -136,7 +142,8 @@ def t2i_phases(batch: int, device: str, preset: str) -> dict:
     return {"batch": batch, "image_tokens_s": tok_s, "per_step_ms": tok_s / steps * 1e3, "vq_decode_s": vq_s,
             "vq_decode_channels_last_s": vq_last_s,
             "vq_channels_last_max_abs_diff": (last.float() - pixels.float()).abs().max().item(),
-            "caption_prefill_s": prefill_s, "graphed_step_ms": steps_s / 50 * 1e3,
+            "caption_prefill_s": prefill_s, "caption_prefill_eager_s": eager_prefill_s,
+            "caption_prefill_graphed_equals_eager": prefill_equal, "graphed_step_ms": steps_s / 50 * 1e3,
             "generate_images_s": total, "images_per_s": batch / total,
             "top_kernels_tokens": top_kernels(lambda: adapter.generate_image_tokens(requests), n=12),
             "top_kernels_vq": top_kernels(lambda: adapter.model.llm_backbone.vqvae.decode_code(codes), n=8)}

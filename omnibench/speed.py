@@ -355,6 +355,25 @@ def point_code_version(model: str, workload: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def point_settings(kind: str, cfg: SweepConfig, status: str = "ok") -> dict[str, Any]:
+    """The sweep flags a point of `kind` is measured with (recorded as its `sweep_settings`): a stored point
+    measured with other ones is measured again, as one measured with other code is. The point timeout
+    counts only for a point it ended (timeout / skipped): an `ok` point did not reach it."""
+    if kind == "context":
+        return {"decode_steps": cfg.decode_steps, "warmup_steps": cfg.warmup_steps, "repeats": cfg.repeats,
+                "full_generation_budget_s": cfg.full_generation_budget_s,
+                **({} if status == "ok" else {"point_timeout_s": cfg.point_timeout_s})}
+    if kind == "image_gen":
+        return {"image_batch": cfg.image_batch}
+    if kind == "eval_throughput":
+        from omnibench.prep import default_workers
+        return {"eval_samples": cfg.eval_samples, "eval_batch": cfg.eval_batch,
+                "prep_workers": cfg.prep_workers if cfg.prep_workers is not None else default_workers(cfg.device)}
+    if kind == "fid_features":
+        return {"fid_features": cfg.fid_features, "fid_workers": cfg.fid_workers}
+    raise ValueError(f"unknown speed point kind {kind!r}")
+
+
 def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every (model, mode, length) point not already in the store, then image-generation speed, then (in
     `best` mode) evaluation throughput per workload. `factory(model, adapter_mode)` builds a model; every
@@ -367,16 +386,23 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
         if (model, workload) not in versions:
             versions[model, workload] = point_code_version(model, workload)
         return versions[model, workload]
-    if not cfg.report_only:  # points measured with other code are not finished: measure them again
-        stale = {k: p for k, p in done.items() if p["model"] in {*cfg.models, "inception"}
-                 and p.get("code_version") != version(p["model"], p.get("workload"))}
+    if not cfg.report_only:  # points measured with other code or flags are not finished: measure them again
+        mine = {k: p for k, p in done.items() if p["model"] in {*cfg.models, "inception"}}
+        stale = {k: p for k, p in mine.items() if p.get("code_version") != version(p["model"], p.get("workload"))}
         for model in sorted({p["model"] for p in stale.values()}):
-            mine = [p for p in stale.values() if p["model"] == model]
-            log(f"{model}: {len(mine)} stored point(s) were measured with other code (code_version "
-                f"{', '.join(sorted({str(p.get('code_version')) for p in mine}))}, now "
-                f"{', '.join(sorted({version(model, p.get('workload')) for p in mine}))}); "
+            theirs = [p for p in stale.values() if p["model"] == model]
+            log(f"{model}: {len(theirs)} stored point(s) were measured with other code (code_version "
+                f"{', '.join(sorted({str(p.get('code_version')) for p in theirs}))}, now "
+                f"{', '.join(sorted({version(model, p.get('workload')) for p in theirs}))}); "
                 "the ones this run selects are measured again")
-        done = {k: p for k, p in done.items() if k not in stale}
+        flags = {k: p for k, p in mine.items() if k not in stale
+                 and p.get("sweep_settings") != point_settings(p["kind"], cfg, p.get("status", "ok"))}
+        for model in sorted({p["model"] for p in flags.values()}):
+            theirs = [p for p in flags.values() if p["model"] == model]
+            log(f"{model}: {len(theirs)} stored point(s) were measured with other sweep flags (e.g. "
+                f"{theirs[0].get('sweep_settings')}, now {point_settings(theirs[0]['kind'], cfg, theirs[0].get('status', 'ok'))}); "
+                "the ones this run selects are measured again")
+        done = {k: p for k, p in done.items() if k not in stale and k not in flags}
     # Points of different GPUs never mix: a re-run on another card measures everything again.
     common = {"device": cfg.device, "dtype": cfg.dtype, "preset": cfg.preset, "gpu": cfg.gpu or gpu_name(cfg.device)}
     for model in cfg.models:
@@ -399,7 +425,8 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                         **(adapter.speed_settings() if isinstance(adapter, SpeedProtocol) else {})}
 
             def finish(point: dict[str, Any]) -> None:
-                point.update(settings, code_version=version(model, point.get("workload")))
+                point.update(settings, code_version=version(model, point.get("workload")),
+                             sweep_settings=point_settings(point["kind"], cfg, point["status"]))
                 store.append(point)
                 done[SpeedStore.key(point)] = point
 
@@ -438,6 +465,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
         point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0, "model_args": None,
                  "code_version": version("inception")}
         point.update(_fid_features_safely(cfg))
+        point["sweep_settings"] = point_settings("fid_features", cfg, point["status"])
         log(f"Inception features: {point['status']}"
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
         store.append(point)

@@ -117,6 +117,34 @@ def test_points_measured_with_other_code_are_measured_again_and_the_log_says_so(
     assert built == ["a", "b"]
 
 
+def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path):
+    """A stored point is reused only for the flags it was measured with: another --image-batch re-measures
+    the image points (not the context ones), another --decode-steps the context points."""
+    def kinds(points):
+        return sorted(p["kind"] for p in points)
+
+    def lines():
+        return [json.loads(l) for l in (tmp_path / "speed_points.jsonl").read_text().splitlines()]
+    run_sweep(cfg_for(tmp_path, lengths=[8]), lambda m, mode: TinyRecurrent(), log=lambda s: None)
+    first = lines()
+    assert {p["sweep_settings"].get("image_batch") for p in first if p["kind"] == "image_gen"} == {2}
+    logs = []
+    points = run_sweep(cfg_for(tmp_path, lengths=[8], image_batch=3), lambda m, mode: TinyRecurrent(), log=logs.append)
+    added = lines()[len(first):]
+    assert kinds(added) == ["image_gen", "image_gen"]  # a and b; their context points stand
+    assert {p["sweep_settings"]["image_batch"] for p in points if p["kind"] == "image_gen"} == {3}
+    assert any("measured with other sweep flags" in l and "'image_batch': 2" in l for l in logs)
+    before = len(lines())
+    run_sweep(cfg_for(tmp_path, lengths=[8], image_batch=3, decode_steps=5), lambda m, mode: TinyRecurrent(),
+              log=lambda s: None)
+    assert kinds(lines()[before:]) == ["context", "context"]
+    # The same flags again: nothing is measured.
+    before = len(lines())
+    run_sweep(cfg_for(tmp_path, lengths=[8], image_batch=3, decode_steps=5), lambda m, mode: TinyRecurrent(),
+              log=lambda s: None)
+    assert len(lines()) == before
+
+
 def test_code_version_of_a_point_is_its_model_familys_and_the_timing_codes():
     from omnibench import speed
     versions = {m: speed.point_code_version(m) for m in ("omnimamba", "showo", "janusflow", "inception", "unregistered")}
