@@ -5,14 +5,16 @@ decode steps that each append one token at that context (median latency of many 
 memory from torch and from NVML. The total time of a generation up to the length is measured in full
 where it fits the budget, else integrated from the per-point latencies and labelled so. Points stream to
 a JSONL file as they finish; a re-run skips finished points measured with the same code (`code_version`:
-the model family's modules, an evaluation point's task, the timing code), and measures again, saying so,
-those measured with other code. An out-of-memory point or one past the timeout is recorded as such and
-the sweep goes on (longer points of that model are then skipped).
+the model family's modules, an evaluation point's task, the timing code) and the same sweep flags
+(`sweep_settings`), and measures again, saying so, those measured with other ones. An out-of-memory point
+or one past the timeout is recorded as such and the sweep goes on (longer points of that model are then
+skipped).
 
 Every timed call is first made untimed at exactly its timed shapes (batch, length, route, cache size):
 Triton compile and autotune, CUDA-graph capture, cuDNN plans and allocator growth happen there, never
 inside a timed region. Each point records the attention kernels one untimed call actually launched
-(torch's profiler), the SDPA backends the mode allowed, and the adapter's own speed settings.
+(torch's profiler, run only after every timed point of the run: see ATTENTION_PENDING), the SDPA
+backends the mode allowed, and the adapter's own speed settings.
 
 Modes: `best` and `as_published` are the adapters' modes. `as_published` runs SDPA with the backends
 upstream's pinned torch (2.0-2.2) had: flash, memory-efficient and math, not cuDNN (torch >= 2.5 picks
@@ -254,9 +256,34 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
         point["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
         readings = [r for r in (nvml_after_prefill, nvml_process_memory_bytes()) if r]
         point["peak_memory_bytes_nvml"] = max(readings) if readings else None
-    # After the timed steps and the memory readings: one more decode step, profiled, names the kernels.
-    point.update(attention_used(lambda: adapter.decode_step(state, token), cfg.device))
+    point["attention_backend"] = ATTENTION_PENDING if profiles(cfg.device) else "cpu"  # see ATTENTION_PENDING
     return point
+
+
+# torch's profiler leaves CUPTI attached to the process when it ends (pytorch/pytorch#144455: Kineto skips
+# cuptiFinalize unless TEARDOWN_CUPTI=1), and every later launch pays for it: evaluation-shaped batches
+# timed after one profiled decode step ran 25-35% slower on an H200 than the same code in a process that
+# had not profiled. So the sweep names the attention kernels only once every timed point of the run is done.
+ATTENTION_PENDING = "pending (named after every timed point of the run)"
+
+
+def profiles(device: str) -> bool:
+    """Whether naming a point's attention kernels runs torch's profiler (on CUDA; on CPU it is "cpu")."""
+    return device.startswith("cuda")
+
+
+def attention_probe(adapter: ModelAdapter, point: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
+    """The attention kernels of a measured point, read off one untimed call at its shapes: a decode step
+    at the context point's length (after one unprofiled step, which captures its graph), or the image
+    point's batch."""
+    if point["kind"] == "context":
+        ids = adapter.speed_context(point["length"])
+        state = adapter.prefill(ids)
+        token = torch.full((ids.shape[0],), 7, dtype=torch.long)
+        adapter.decode_step(state, token)
+        return attention_used(lambda: adapter.decode_step(state, token), cfg.device)
+    requests = [Request(f"speed_{i}", image_gen_prompt(), seed=i) for i in range(cfg.image_batch)]
+    return attention_used(lambda: adapter.generate_images(requests), cfg.device)
 
 
 def measure_full_generation(adapter: ModelAdapter, length: int, cfg: SweepConfig, prompt_len: int) -> float:
@@ -442,7 +469,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                             failed_at = n
                     log(f"{model}/{mode} @ {n}: {point['status']}"
                         + (f", {point['decode_seconds_per_token'] * 1e3:.2f} ms/token, prefill "
-                           f"{point['prefill_seconds']:.3f} s, attention {point.get('attention_backend')}"
+                           f"{point['prefill_seconds']:.3f} s"
                            if point["status"] == "ok" else f" ({point.get('reason')})"))
                     finish(point)
                 if img_key not in done:
@@ -470,6 +497,11 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
         store.append(point)
         done[fid_key] = point
+    _probe_attention([p for p in done.values() if p.get("attention_backend") == ATTENTION_PENDING
+                      and p["model"] in cfg.models and p["mode"] in cfg.modes and p["device"] == cfg.device
+                      and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset and p.get("gpu") == common["gpu"]
+                      and p.get("model_args", "{}") == json.dumps(scoped_args(p["model"], cfg.model_args), sort_keys=True)
+                      and not cfg.report_only], cfg, factory, store, log)
     wanted = {(m, mode, json.dumps(scoped_args(m, cfg.model_args), sort_keys=True))
               for m in cfg.models for mode in cfg.modes}
     if cfg.fid_features:
@@ -479,6 +511,33 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             and p.get("gpu") == common["gpu"]
             and (p["kind"] != "context" or p["length"] in cfg.lengths)
             and (p["kind"] != "eval_throughput" or p.get("workload") in cfg.eval_workloads)]
+
+
+def _probe_attention(points: list[dict[str, Any]], cfg: SweepConfig, factory: AdapterFactory, store: SpeedStore,
+                     log: Callable[[str], None]) -> None:
+    """After the run's timed points: each point's attention kernels (`attention_probe`), per model and
+    mode on a newly built model, the point stored again with them (the store keeps a key's last line). A
+    probe that fails says so in the point; the timed numbers stand either way."""
+    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for p in points:
+        runs.setdefault((p["model"], p["mode"], p.get("model_args", "{}")), []).append(p)
+    for (model, mode, _), todo in runs.items():
+        try:
+            adapter = factory(model, adapter_mode(mode))
+        except OmnibenchError as exc:
+            log(f"{model}/{mode}: cannot build the model to name its attention kernels: {exc}")
+            continue
+        with sdpa_context(mode):
+            for point in todo:
+                found = _guarded(lambda: {"status": "ok", **attention_probe(adapter, point, cfg)})
+                if found.pop("status") == "ok":
+                    point.update(found)
+                else:
+                    point["attention_backend"] = f"unknown (its probe failed: {found.get('reason', '')[:120]})"
+                store.append(point)
+                log(f"{model}/{mode} {point['kind']} {point['length'] or ''}: attention {point['attention_backend']}")
+        del adapter
+        free_accelerator_memory()
 
 
 def _measure_safely(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[str, Any]:
@@ -523,7 +582,7 @@ def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, An
         total = statistics.median(seconds)
         out = {"status": "ok", "batch": len(images), "total_seconds": total, "calls_timed": len(seconds),
                "images_per_second": len(images) / total, "image_size": list(images[0].size),
-               **attention_used(lambda: adapter.generate_images(requests), cfg.device)}
+               "attention_backend": ATTENTION_PENDING if profiles(cfg.device) else "cpu"}
         if cfg.device.startswith("cuda"):
             out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
         return out

@@ -145,6 +145,48 @@ def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path):
     assert len(lines()) == before
 
 
+def test_attention_kernels_are_named_only_after_every_timed_point(tmp_path, monkeypatch):
+    """torch's profiler slows every later launch of the process (CUPTI stays attached), so no point may be
+    timed after one: each context and image point is stored first as pending, then, once the run's last
+    timed call is done, probed on a newly built model and stored again with its kernels."""
+    from omnibench import speed
+    events = []
+    real_timer = speed.Timer.__call__
+
+    def timer(self, fn):
+        events.append("timed")
+        return real_timer(self, fn)
+
+    def profiled(fn, device):
+        fn()
+        events.append("profiled")
+        return {"attention_backend": "flash", "attention_kernels": ["pytorch_flash_fwd"]}
+    monkeypatch.setattr(speed.Timer, "__call__", timer)
+    monkeypatch.setattr(speed, "attention_used", profiled)
+    monkeypatch.setattr(speed, "profiles", lambda device: True)
+    built, logs = [], []
+
+    def factory(model, mode):
+        built.append(model)
+        return TinyRecurrent(oom_at=16 if model == "b" else None)
+    points = run_sweep(cfg_for(tmp_path, lengths=[8, 16]), factory, log=logs.append)
+    assert "profiled" in events and "timed" not in events[events.index("profiled"):]
+    assert built == ["a", "b", "a", "b"]  # the timed run, then the probes
+    named = [p for p in points if p["kind"] in ("context", "image_gen") and p["status"] == "ok"]
+    assert len(named) == 5 and all(p["attention_backend"] == "flash" for p in named)  # b's 16 ran out of memory
+    stored = speed.SpeedStore(tmp_path).load()
+    assert all(p["attention_backend"] == "flash" for p in stored.values() if p["status"] == "ok")
+    # A run stopped before its probes leaves pending points; the next run probes them, timing nothing.
+    rows = [json.loads(l) for l in (tmp_path / "speed_points.jsonl").read_text().splitlines()]
+    (tmp_path / "speed_points.jsonl").write_text("".join(
+        json.dumps({**r, "attention_backend": speed.ATTENTION_PENDING} if r.get("attention_backend") else r) + "\n"
+        for r in rows))
+    events.clear()
+    built.clear()
+    run_sweep(cfg_for(tmp_path, lengths=[8, 16]), factory, log=logs.append)
+    assert events == ["profiled"] * 5 and built == ["a", "b"]
+
+
 def test_code_version_of_a_point_is_its_model_familys_and_the_timing_codes():
     from omnibench import speed
     versions = {m: speed.point_code_version(m) for m in ("omnimamba", "showo", "janusflow", "inception", "unregistered")}
