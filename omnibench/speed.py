@@ -453,7 +453,8 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
 
             def finish(point: dict[str, Any]) -> None:
                 point.update(settings, code_version=version(model, point.get("workload")),
-                             sweep_settings=point_settings(point["kind"], cfg, point["status"]))
+                             sweep_settings=point_settings(point["kind"], cfg, point["status"]),
+                             profiled_before_timing=False)  # attention is probed after every timed point
                 store.append(point)
                 done[SpeedStore.key(point)] = point
 

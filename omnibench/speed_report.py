@@ -31,6 +31,19 @@ def code_label(point: dict[str, Any]) -> str:
     return point["code_version"][:8] if point.get("code_version") else "-"
 
 
+PROFILED_EARLIER = "may follow a profiled call"
+
+
+def note(point: dict[str, Any]) -> str:
+    """Why a point failed, and PROFILED_EARLIER for a GPU point that a sweep from before the attention probe
+    moved after the timed points (omnibench.speed.ATTENTION_PENDING) may have timed with CUPTI attached."""
+    flags = [point.get("reason", "")]
+    if (str(point.get("device", "")).startswith("cuda") and point.get("status") == "ok"
+            and "profiled_before_timing" not in point):
+        flags.append(PROFILED_EARLIER)
+    return "; ".join(f for f in flags if f)
+
+
 def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for p in sorted((p for p in points if p["kind"] == "context"), key=lambda p: (p["model"], p["mode"], p["length"])):
@@ -44,7 +57,7 @@ def context_table(points: list[dict[str, Any]]) -> pd.DataFrame:
             "peak_torch_gib": _gib(p.get("peak_memory_bytes_torch")),
             "nvml_process_gib": _gib(p.get("peak_memory_bytes_nvml")),
             "attention": p.get("attention_backend", "not recorded"),
-            "code": code_label(p), "note": p.get("reason", ""),
+            "code": code_label(p), "note": note(p),
         })
     return pd.DataFrame(rows)
 
@@ -54,7 +67,7 @@ def eval_table(points: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{"model": p["model"], "mode": p["mode"], "workload": p["workload"], "status": p["status"],
              "batch": p.get("batch"), "samples": p.get("samples"), "image": "x".join(map(str, p.get("image_size") or [])),
              "output_tokens": p.get("max_new_tokens"), "samples_per_s": p.get("samples_per_second"),
-             "code": code_label(p), "note": p.get("reason", "")}
+             "code": code_label(p), "note": note(p)}
             for p in sorted((p for p in points if p["kind"] == "eval_throughput"),
                             key=lambda p: (p["workload"], p["model"], p["mode"]))]
     return pd.DataFrame(rows)
@@ -153,7 +166,7 @@ def image_table(points: list[dict[str, Any]]) -> pd.DataFrame:
                      "attention": p.get("attention_backend", "not recorded"),
                      "paper_images_per_s": ref and ref.get("gen_avg_images_per_s"),
                      "paper_total_s": ref and ref.get("total_s"), "code": code_label(p),
-                     "note": p.get("reason", "")})
+                     "note": note(p)})
     return pd.DataFrame(rows)
 
 
@@ -241,7 +254,11 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
              "where it fit the budget, else `integrated` from the per-point decode latencies (linear between "
              "points) plus the prefill of the first point. Memory: torch `max_memory_allocated` over the point (the "
              "peak used in the ratios) and the process's NVML total read after the last prefill and at the end "
-             "of the point (adds the CUDA context, allocator cache and graph pools; not polled during timing).\n",
+             "of the point (adds the CUDA context, allocator cache and graph pools; not polled during timing). "
+             f"A note `{PROFILED_EARLIER}`: a GPU point from a sweep that named attention kernels with torch's "
+             "profiler right after each point, so that later points of its process ran with CUPTI attached "
+             "(pytorch/pytorch#144455), which slows launches: read it as possibly slow, the launch-bound ones "
+             "(eager decode loops, evaluation batches) most.\n",
              "## Long generation\n", *pivots, "### Every point\n",
              ctx.to_markdown(index=False, floatfmt=".4g") if len(ctx) else "(no points)", ""]
     for ours_mode, baseline_mode, title in RATIO_SETTINGS:

@@ -176,6 +176,7 @@ def test_attention_kernels_are_named_only_after_every_timed_point(tmp_path, monk
     assert len(named) == 5 and all(p["attention_backend"] == "flash" for p in named)  # b's 16 ran out of memory
     stored = speed.SpeedStore(tmp_path).load()
     assert all(p["attention_backend"] == "flash" for p in stored.values() if p["status"] == "ok")
+    assert all(p["profiled_before_timing"] is False for p in stored.values())
     # A run stopped before its probes leaves pending points; the next run probes them, timing nothing.
     rows = [json.loads(l) for l in (tmp_path / "speed_points.jsonl").read_text().splitlines()]
     (tmp_path / "speed_points.jsonl").write_text("".join(
@@ -270,6 +271,18 @@ def test_cli_rejects_unknown_model_and_mode(capsys):
     assert "unknown model 'nosuch'" in capsys.readouterr().err
     assert main(["--modes", "fastest", "--device", "cpu"]) == 2
     assert "unknown mode 'fastest'" in capsys.readouterr().err
+
+
+def test_gpu_points_from_sweeps_that_profiled_between_points_are_marked():
+    from omnibench.speed_report import PROFILED_EARLIER, context_table, eval_table
+    base = {"kind": "context", "model": "a", "mode": "best", "length": 8, "status": "ok", "prefill_seconds": 0.1,
+            "decode_seconds_per_token": 0.01}
+    points = [{**base, "device": "cuda"}, {**base, "device": "cuda", "length": 16, "profiled_before_timing": False},
+              {**base, "device": "cpu", "length": 32}]
+    assert context_table(points)["note"].tolist() == [PROFILED_EARLIER, "", ""]
+    evals = [{"kind": "eval_throughput", "model": "a", "mode": "best", "workload": "pope", "status": "oom",
+              "device": "cuda", "reason": "CUDA out of memory"}]
+    assert eval_table(evals)["note"].tolist() == ["CUDA out of memory"]  # a failed point was not timed
 
 
 def test_report_only_measures_nothing(tmp_path):

@@ -441,6 +441,7 @@ class OmniMamba(nn.Module):
         forward (in bf16 the two round differently; in fp32 they agree to ~1e-6)."""
         for layer in self.lm.backbone.layers:
             layer.mixer.merge_lora = enabled
+        self._graphs.clear()  # a captured T2I prefill replays the path it was recorded with
 
     @property
     def lm(self) -> MambaLMHeadModel:
