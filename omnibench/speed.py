@@ -498,11 +498,12 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
         store.append(point)
         done[fid_key] = point
-    _probe_attention([p for p in done.values() if p.get("attention_backend") == ATTENTION_PENDING
-                      and p["model"] in cfg.models and p["mode"] in cfg.modes and p["device"] == cfg.device
-                      and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset and p.get("gpu") == common["gpu"]
-                      and p.get("model_args", "{}") == json.dumps(scoped_args(p["model"], cfg.model_args), sort_keys=True)
-                      and not cfg.report_only], cfg, factory, store, log)
+    if not cfg.report_only:
+        _probe_attention([p for p in done.values() if p.get("attention_backend") == ATTENTION_PENDING
+                          and p["model"] in cfg.models and p["mode"] in cfg.modes and p["device"] == cfg.device
+                          and p["dtype"] == cfg.dtype and p["preset"] == cfg.preset and p.get("gpu") == common["gpu"]
+                          and p.get("model_args", "{}") == json.dumps(scoped_args(p["model"], cfg.model_args),
+                                                                      sort_keys=True)], cfg, factory, store, log)
     wanted = {(m, mode, json.dumps(scoped_args(m, cfg.model_args), sort_keys=True))
               for m in cfg.models for mode in cfg.modes}
     if cfg.fid_features:

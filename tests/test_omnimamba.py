@@ -500,19 +500,27 @@ def test_mmu_batch_answers_equal_one_by_one_answers(adapter):
     assert len(adapter.tokenizer(batched[1]).input_ids) <= 3
 
 
-def test_batch_embeddings_equal_each_prompt_embedded_alone_and_zero_padded(adapter):
-    """One ids tensor for the batch (rows with and without an image, different lengths) gives, bit for
-    bit, what embedding each prompt alone and padding with zeros gave."""
+def test_batch_embeddings_are_each_prompts_layout_zero_padded(adapter):
+    """One ids tensor for the batch (rows with and without an image, different lengths) gives, bit for bit,
+    each prompt's [MMU][SOI] image [EOI][SOT] text embedded piece by piece (upstream's layout, zeros for a
+    missing image) plus MMU positions, padded with zeros."""
     m = adapter.model
     feats = m.image_features(m.vision_backbone.preprocess([drawn_image(1, size=56), drawn_image(2, size=40)]))
     ids = [adapter.mmu_text_ids(q) for q in ("what color is the square?", "how many", "describe it in detail")]
     images = {0: feats[0:1], 2: feats[1:2]}
     got, lengths = adapter.mmu_batch_embeddings(ids, images)
-    alone = [adapter.mmu_embeddings(t, images.get(i))[0] for i, t in enumerate(ids)]
+
+    def by_hand(text, image):
+        head = m.text_embeddings(torch.tensor([[adapter.ids["mmu"], adapter.ids["soi"]]]))
+        tail = m.text_embeddings(torch.tensor([[adapter.ids["eoi"], adapter.ids["sot"], *text]]))
+        image = torch.zeros(1, m.config.vision.num_patches, m.config.d_model) if image is None else image
+        x = torch.cat([head, image.to(head.dtype), tail], dim=1)
+        return (x + m.lm.backbone.mmu_pos_embed[:, : x.shape[1]])[0]
+    alone = [by_hand(t, images.get(i)) for i, t in enumerate(ids)]
     assert lengths.tolist() == [len(e) for e in alone] and len(set(lengths.tolist())) == 3
     want = torch.nn.utils.rnn.pad_sequence(alone, batch_first=True)
     assert torch.equal(got, want) and not torch.equal(got[0], got[2])
-    assert (got[1, 2:2 + m.config.vision.num_patches].abs().sum(-1) > 0).all()  # positions added to the zeros
+    assert torch.equal(adapter.mmu_embeddings(ids[1], None)[0], alone[1])
 
 
 def test_mmu_generation_reads_the_image(adapter):

@@ -132,9 +132,6 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
     def _device(self) -> torch.device:
         return self.model.lm.backbone.embedding.weight.device
 
-    def _ids(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor([ids], dtype=torch.long, device=self._device)
-
     # -- understanding --
     def mmu_text_ids(self, question: str) -> list[int]:
         """The question in the chosen template, tokenized (GPT-NeoX adds no BOS)."""
@@ -142,21 +139,16 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
 
     def mmu_embeddings(self, prompt: str | list[int], image_features: torch.Tensor | None) -> torch.Tensor:
         """[MMU][SOI] <729 image features> [EOI][SOT] prompt, plus MMU positions: (1, l, d). `prompt`: the
-        question, or its ids from `mmu_text_ids`."""
-        m = self.model
-        if image_features is None:  # upstream's text-only layout: zeros where the image would be
-            image_features = torch.zeros(1, m.config.vision.num_patches, m.config.d_model, device=self._device)
+        question, or its ids from `mmu_text_ids`; no image: zeros where it would be (upstream's layout)."""
         text = self.mmu_text_ids(prompt) if isinstance(prompt, str) else prompt
-        head = m.text_embeddings(self._ids([self.ids["mmu"], self.ids["soi"]]))
-        tail = m.text_embeddings(self._ids([self.ids["eoi"], self.ids["sot"], *text]))
-        return m.with_mmu_positions(torch.cat([head, image_features.to(head.dtype), tail], dim=1))
+        return self.mmu_batch_embeddings([text], {} if image_features is None else {0: image_features})[0]
 
     def mmu_batch_embeddings(self, ids: Sequence[list[int]],
                              image_features: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """`mmu_embeddings` of each prompt (ids from `mmu_text_ids`; row i's image features (1, 729, d) in
-        `image_features[i]`, zeros if none), right-padded with zeros: (b, l, d) and the lengths (b,), the
-        same numbers as padding the rows one by one. Built from one host-to-device copy, without waiting for
-        the device: the prefill is queued behind the towers while they run."""
+        `image_features[i]`, zeros if none), right-padded with zeros: (b, l, d) and the lengths (b,). Built
+        from one host-to-device copy, without waiting for the device: the prefill is queued behind the
+        towers while they run."""
         m, n = self.model, self.model.config.vision.num_patches
         rows = [[self.ids["mmu"], self.ids["soi"], *[0] * n, self.ids["eoi"], self.ids["sot"], *t] for t in ids]
         longest = max(len(r) for r in rows)
