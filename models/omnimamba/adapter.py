@@ -83,7 +83,8 @@ class OmniMambaAdapter(ModelAdapter, SpeedProtocol):
         Arg("pretrained", str, DEFAULT_PRETRAINED, "checkpoint: a folder, an OmniMamba-1.3b.pth file or a hub id"),
         PRESET_ARG,
         mode_arg("CUDA-graph decode on fused kernels", "upstream's eager decode on mamba-ssm's ops"),
-        Arg("cuda_graphs", bool, None, "decode steps in CUDA graphs (default: true in mode=best)"),
+        Arg("cuda_graphs", bool, None, "decode steps, the vision towers and the text-to-image caption prefill in CUDA "
+            "graphs (default: true in mode=best)"),
         Arg("fused_decode", bool, None, "decode steps on fused.py's kernels: norms and the conv update folded "
             "into the GEMVs, its own state update (default: true in mode=best)"),
         Arg("ssm_state", str, "model", "dtype of the recurrent SSM state: the model's, as upstream, or float32",
