@@ -382,16 +382,15 @@ def point_code_version(model: str, workload: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def point_settings(kind: str, cfg: SweepConfig, status: str = "ok") -> dict[str, Any]:
+def point_settings(kind: str, cfg: SweepConfig) -> dict[str, Any]:
     """The sweep flags a point of `kind` is measured with (recorded as its `sweep_settings`): a stored point
     measured with other ones is measured again, as one measured with other code is. The point timeout
-    counts only for a point it ended (timeout / skipped): an `ok` point did not reach it."""
+    belongs to a context point even when it is `ok`: past it, decode stops after 3 timed steps."""
     if kind == "context":
         return {"decode_steps": cfg.decode_steps, "warmup_steps": cfg.warmup_steps, "repeats": cfg.repeats,
-                "full_generation_budget_s": cfg.full_generation_budget_s,
-                **({} if status == "ok" else {"point_timeout_s": cfg.point_timeout_s})}
+                "full_generation_budget_s": cfg.full_generation_budget_s, "point_timeout_s": cfg.point_timeout_s}
     if kind == "image_gen":
-        return {"image_batch": cfg.image_batch}
+        return {"image_batch": cfg.image_batch, "repeats": cfg.repeats}
     if kind == "eval_throughput":
         from omnibench.prep import default_workers
         return {"eval_samples": cfg.eval_samples, "eval_batch": cfg.eval_batch,
@@ -423,11 +422,11 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
                 f"{', '.join(sorted({version(model, p.get('workload')) for p in theirs}))}); "
                 "the ones this run selects are measured again")
         flags = {k: p for k, p in mine.items() if k not in stale
-                 and p.get("sweep_settings") != point_settings(p["kind"], cfg, p.get("status", "ok"))}
+                 and p.get("sweep_settings") != point_settings(p["kind"], cfg)}
         for model in sorted({p["model"] for p in flags.values()}):
             theirs = [p for p in flags.values() if p["model"] == model]
             log(f"{model}: {len(theirs)} stored point(s) were measured with other sweep flags (e.g. "
-                f"{theirs[0].get('sweep_settings')}, now {point_settings(theirs[0]['kind'], cfg, theirs[0].get('status', 'ok'))}); "
+                f"{theirs[0].get('sweep_settings')}, now {point_settings(theirs[0]['kind'], cfg)}); "
                 "the ones this run selects are measured again")
         done = {k: p for k, p in done.items() if k not in stale and k not in flags}
     # Points of different GPUs never mix: a re-run on another card measures everything again.
@@ -453,7 +452,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
 
             def finish(point: dict[str, Any]) -> None:
                 point.update(settings, code_version=version(model, point.get("workload")),
-                             sweep_settings=point_settings(point["kind"], cfg, point["status"]),
+                             sweep_settings=point_settings(point["kind"], cfg),
                              profiled_before_timing=False)  # attention is probed after every timed point
                 store.append(point)
                 done[SpeedStore.key(point)] = point
@@ -493,7 +492,7 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
         point = {**common, "kind": "fid_features", "model": "inception", "mode": "-", "length": 0, "model_args": None,
                  "code_version": version("inception")}
         point.update(_fid_features_safely(cfg))
-        point["sweep_settings"] = point_settings("fid_features", cfg, point["status"])
+        point["sweep_settings"] = point_settings("fid_features", cfg)
         log(f"Inception features: {point['status']}"
             + (f", {point['images_per_second']:.0f} images/s" if point["status"] == "ok" else f" ({point.get('reason')})"))
         store.append(point)
