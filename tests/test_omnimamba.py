@@ -813,3 +813,45 @@ def test_best_mode_merges_the_lora_and_as_published_does_not():
     assert best.speed_settings()["merged_lora_prefill"] is True
     assert published.speed_settings()["merged_lora_prefill"] is False
     assert forced.speed_settings()["merged_lora_prefill"] is False
+
+
+def test_graphed_t2i_prefill_hands_out_copies_that_later_prefills_leave_alone(monkeypatch):
+    """The T2I caption prefill replays one graph per shape over static buffers: each call returns the
+    state and logits a plain prefill gives, as copies that the next replay (another caption) does not
+    overwrite; switching the LoRA path drops the graph. Run here with a stand-in graph whose replay
+    re-runs the recorded function into the same buffers, as a CUDA graph writes into its own."""
+    from omnibench.models.omnimamba import modeling_omnimamba
+
+    class Replay:
+        def __init__(self, record, out):
+            self.record, self.out = record, out
+
+        def replay(self):
+            self.out.copy_(self.record())
+    captured = []
+
+    def capture(self, record, warm_up, device):
+        warm_up()
+        out = record()
+        captured.append(out)
+        return Replay(record, out), out
+    monkeypatch.setattr(modeling_omnimamba.GraphPool, "capture", capture)
+    monkeypatch.setattr(modeling_omnimamba, "use_kernels", lambda device: True)
+    torch.manual_seed(0)
+    m = OmniMamba(tiny_config()).double().eval()
+    m.set_kernels(False)  # the plain path inside, CPU
+    m.use_cuda_graphs = True
+    ids = [torch.randint(0, 60, (2, m.config.caption_len + 4), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    first, logits_first = m.prefill(m.caption_embeddings(ids[0]), "t2i")
+    second, logits_second = m.prefill(m.caption_embeddings(ids[1]), "t2i")
+    assert len(captured) == 1  # one shape, one graph
+    m.use_cuda_graphs = False
+    for (state, logits), caption in zip(((first, logits_first), (second, logits_second)), ids):
+        want, want_logits = m.prefill(m.caption_embeddings(caption), "t2i")
+        assert torch.equal(logits, want_logits)
+        assert all(torch.equal(a, b) for a, b in zip(state.tensors(), want.tensors()))
+    assert not torch.equal(logits_first, logits_second)
+    m.use_cuda_graphs = True
+    m.set_merged_lora(True)
+    m.prefill(m.caption_embeddings(ids[0]), "t2i")
+    assert len(captured) == 2  # recorded again on the merged path
