@@ -256,7 +256,7 @@ def measure_point(adapter: ModelAdapter, length: int, cfg: SweepConfig) -> dict[
         point["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
         readings = [r for r in (nvml_after_prefill, nvml_process_memory_bytes()) if r]
         point["peak_memory_bytes_nvml"] = max(readings) if readings else None
-    point["attention_backend"] = ATTENTION_PENDING if profiles(cfg.device) else "cpu"  # see ATTENTION_PENDING
+    point["attention_backend"] = attention_until_probed(cfg.device)
     return point
 
 
@@ -272,6 +272,11 @@ def profiles(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def attention_until_probed(device: str) -> str:
+    """A timed point's `attention_backend` as it is stored first: pending where the profiler will name it."""
+    return ATTENTION_PENDING if profiles(device) else "cpu"
+
+
 def attention_probe(adapter: ModelAdapter, point: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
     """The attention kernels of a measured point, read off one untimed call at its shapes: a decode step
     at the context point's length (after one unprofiled step, which captures its graph), or the image
@@ -282,7 +287,7 @@ def attention_probe(adapter: ModelAdapter, point: dict[str, Any], cfg: SweepConf
         token = torch.full((ids.shape[0],), 7, dtype=torch.long)
         adapter.decode_step(state, token)
         return attention_used(lambda: adapter.decode_step(state, token), cfg.device)
-    requests = [Request(f"speed_{i}", image_gen_prompt(), seed=i) for i in range(cfg.image_batch)]
+    requests = image_requests(cfg)
     return attention_used(lambda: adapter.generate_images(requests), cfg.device)
 
 
@@ -413,7 +418,8 @@ def run_sweep(cfg: SweepConfig, factory: AdapterFactory, log: Callable[[str], No
             versions[model, workload] = point_code_version(model, workload)
         return versions[model, workload]
     if not cfg.report_only:  # points measured with other code or flags are not finished: measure them again
-        mine = {k: p for k, p in done.items() if p["model"] in {*cfg.models, "inception"}}
+        mine = {k: p for k, p in done.items()
+                if p["model"] in {*cfg.models, *(["inception"] if cfg.fid_features else [])}}
         stale = {k: p for k, p in mine.items() if p.get("code_version") != version(p["model"], p.get("workload"))}
         for model in sorted({p["model"] for p in stale.values()}):
             theirs = [p for p in stale.values() if p["model"] == model]
@@ -565,11 +571,16 @@ def prompt_len(length: int) -> int:
     return min(length, 640)
 
 
+def image_requests(cfg: SweepConfig) -> list[Request]:
+    """The image point's batch: `cfg.image_batch` requests of Table 3's prompt, seeds 0..n-1."""
+    prompt = image_gen_prompt()
+    return [Request(f"speed_{i}", prompt, seed=i) for i in range(cfg.image_batch)]
+
+
 def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, Any]:
     """Images per second of one batch of `cfg.image_batch` requests, warmed by a first call of the same
     batch (graphs of that batch size, autotune at its shapes), timed as the median of `cfg.repeats` calls."""
-    prompt = image_gen_prompt()
-    requests = [Request(f"speed_{i}", prompt, seed=i) for i in range(cfg.image_batch)]
+    requests = image_requests(cfg)
     timer = Timer(cfg.device)
 
     def measure() -> dict[str, Any]:
@@ -583,7 +594,7 @@ def _image_speed_safely(adapter: ModelAdapter, cfg: SweepConfig) -> dict[str, An
         total = statistics.median(seconds)
         out = {"status": "ok", "batch": len(images), "total_seconds": total, "calls_timed": len(seconds),
                "images_per_second": len(images) / total, "image_size": list(images[0].size),
-               "attention_backend": ATTENTION_PENDING if profiles(cfg.device) else "cpu"}
+               "attention_backend": attention_until_probed(cfg.device)}
         if cfg.device.startswith("cuda"):
             out["peak_memory_bytes_torch"] = torch.cuda.max_memory_allocated()
         return out
