@@ -387,21 +387,31 @@ def point_code_version(model: str, workload: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def speed_environment() -> dict[str, str]:
+    """The project's environment switches set for this process (`OMNIBENCH_PDL` launches, the
+    `OMNIBENCH_INCEPTION` file), all but the cache's location, which moves files, not numbers."""
+    return {k: os.environ[k] for k in sorted(os.environ) if k.startswith("OMNIBENCH_") and k != "OMNIBENCH_CACHE"}
+
+
 def point_settings(kind: str, cfg: SweepConfig) -> dict[str, Any]:
-    """The sweep flags a point of `kind` is measured with (recorded as its `sweep_settings`): a stored point
-    measured with other ones is measured again, as one measured with other code is. The point timeout
-    belongs to a context point even when it is `ok`: past it, decode stops after 3 timed steps."""
+    """The sweep flags a point of `kind` is measured with, and the environment switches
+    (`speed_environment`), recorded as its `sweep_settings`: a stored point measured with other ones is
+    measured again, as one measured with other code is. The point timeout belongs to a context point even
+    when it is `ok`: past it, decode stops after 3 timed steps."""
+    env = {"env": speed_environment()}
     if kind == "context":
         return {"decode_steps": cfg.decode_steps, "warmup_steps": cfg.warmup_steps, "repeats": cfg.repeats,
-                "full_generation_budget_s": cfg.full_generation_budget_s, "point_timeout_s": cfg.point_timeout_s}
+                "full_generation_budget_s": cfg.full_generation_budget_s, "point_timeout_s": cfg.point_timeout_s,
+                **env}
     if kind == "image_gen":
-        return {"image_batch": cfg.image_batch, "repeats": cfg.repeats}
+        return {"image_batch": cfg.image_batch, "repeats": cfg.repeats, **env}
     if kind == "eval_throughput":
         from omnibench.prep import default_workers
         return {"eval_samples": cfg.eval_samples, "eval_batch": cfg.eval_batch,
-                "prep_workers": cfg.prep_workers if cfg.prep_workers is not None else default_workers(cfg.device)}
+                "prep_workers": cfg.prep_workers if cfg.prep_workers is not None else default_workers(cfg.device),
+                **env}
     if kind == "fid_features":
-        return {"fid_features": cfg.fid_features, "fid_workers": cfg.fid_workers}
+        return {"fid_features": cfg.fid_features, "fid_workers": cfg.fid_workers, **env}
     raise ValueError(f"unknown speed point kind {kind!r}")
 
 

@@ -1,5 +1,6 @@
 """The speed sweep's machinery on CPU: points, OOM and timeout handling, resume, totals, reports."""
 import json
+import os
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ def test_points_measured_with_other_code_are_measured_again_and_the_log_says_so(
     assert built == ["a", "b"]
 
 
-def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path):
+def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path, monkeypatch):
     """A stored point is reused only for the flags it was measured with: another --image-batch re-measures
     the image points (not the context ones), another --decode-steps the context points."""
     def kinds(points):
@@ -125,6 +126,8 @@ def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path):
 
     def lines():
         return [json.loads(l) for l in (tmp_path / "speed_points.jsonl").read_text().splitlines()]
+    for name in [k for k in os.environ if k.startswith("OMNIBENCH_") and k != "OMNIBENCH_CACHE"]:
+        monkeypatch.delenv(name)
     run_sweep(cfg_for(tmp_path, lengths=[8]), lambda m, mode: TinyRecurrent(), log=lambda s: None)
     first = lines()
     assert {p["sweep_settings"].get("image_batch") for p in first if p["kind"] == "image_gen"} == {2}
@@ -143,6 +146,13 @@ def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path):
     run_sweep(cfg_for(tmp_path, lengths=[8], image_batch=3, decode_steps=5), lambda m, mode: TinyRecurrent(),
               log=lambda s: None)
     assert len(lines()) == before
+    # A project switch in the environment (OMNIBENCH_PDL: how decode kernels launch) is a flag too.
+    monkeypatch.setenv("OMNIBENCH_PDL", "1")
+    run_sweep(cfg_for(tmp_path, lengths=[8], image_batch=3, decode_steps=5), lambda m, mode: TinyRecurrent(),
+              log=lambda s: None)
+    added = lines()[before:]
+    assert kinds(added) == ["context", "context", "image_gen", "image_gen"]
+    assert all(p["sweep_settings"]["env"] == {"OMNIBENCH_PDL": "1"} for p in added)
 
 
 def test_attention_kernels_are_named_only_after_every_timed_point(tmp_path, monkeypatch):
