@@ -387,10 +387,18 @@ def point_code_version(model: str, workload: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def speed_environment() -> dict[str, str]:
-    """The project's environment switches set for this process (`OMNIBENCH_PDL` launches, the
-    `OMNIBENCH_INCEPTION` file), all but the cache's location, which moves files, not numbers."""
-    return {k: os.environ[k] for k in sorted(os.environ) if k.startswith("OMNIBENCH_") and k != "OMNIBENCH_CACHE"}
+# Switches that cannot change a point of the given kinds: the cache's location moves files, not numbers;
+# the Inception weights file is read by the FID point alone. Any other OMNIBENCH_* switch, known or not,
+# belongs to every point.
+_ENV_IRRELEVANT = {"OMNIBENCH_CACHE": {"context", "image_gen", "eval_throughput", "fid_features"},
+                   "OMNIBENCH_INCEPTION": {"context", "image_gen", "eval_throughput"}}
+
+
+def speed_environment(kind: str) -> dict[str, str]:
+    """The project's environment switches set for this process that can change a point of `kind`
+    (`OMNIBENCH_PDL` launches for every kind, the `OMNIBENCH_INCEPTION` file for the FID point)."""
+    return {k: os.environ[k] for k in sorted(os.environ)
+            if k.startswith("OMNIBENCH_") and kind not in _ENV_IRRELEVANT.get(k, ())}
 
 
 def point_settings(kind: str, cfg: SweepConfig) -> dict[str, Any]:
@@ -398,7 +406,7 @@ def point_settings(kind: str, cfg: SweepConfig) -> dict[str, Any]:
     (`speed_environment`), recorded as its `sweep_settings`: a stored point measured with other ones is
     measured again, as one measured with other code is. The point timeout belongs to a context point even
     when it is `ok`: past it, decode stops after 3 timed steps."""
-    env = {"env": speed_environment()}
+    env = {"env": speed_environment(kind)}
     if kind == "context":
         return {"decode_steps": cfg.decode_steps, "warmup_steps": cfg.warmup_steps, "repeats": cfg.repeats,
                 "full_generation_budget_s": cfg.full_generation_budget_s, "point_timeout_s": cfg.point_timeout_s,

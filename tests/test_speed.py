@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from omnibench.protocol import ModelAdapter, SpeedProtocol
-from omnibench.speed import SweepConfig, integrated_total_seconds, run_sweep, with_totals
+from omnibench.speed import SweepConfig, integrated_total_seconds, point_settings, run_sweep, with_totals
 from omnibench.speed_report import write_reports
 
 
@@ -153,6 +153,15 @@ def test_points_measured_with_other_sweep_flags_are_measured_again(tmp_path, mon
     added = lines()[before:]
     assert kinds(added) == ["context", "context", "image_gen", "image_gen"]
     assert all(p["sweep_settings"]["env"] == {"OMNIBENCH_PDL": "1"} for p in added)
+    # The Inception weights file is the FID point's switch alone: the model points stand (the FID run of a
+    # sweep sets it), and the FID point records it.
+    monkeypatch.setenv("OMNIBENCH_INCEPTION", str(tmp_path / "inception.pt"))
+    before = len(lines())
+    run_sweep(cfg_for(tmp_path, lengths=[8], image_batch=3, decode_steps=5), lambda m, mode: TinyRecurrent(),
+              log=lambda s: None)
+    assert len(lines()) == before
+    assert point_settings("fid_features", cfg_for(tmp_path))["env"] == {
+        "OMNIBENCH_INCEPTION": str(tmp_path / "inception.pt"), "OMNIBENCH_PDL": "1"}
 
 
 def test_attention_kernels_are_named_only_after_every_timed_point(tmp_path, monkeypatch):
