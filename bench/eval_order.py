@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from omnibench import prep as prep_module
+from omnibench import runner as runner_module
 from omnibench.speed import (SweepConfig, _eval_speed_safely, _image_speed_safely, _measure_safely,
                              free_accelerator_memory)
 from omnibench.speed_cli import registry_factory
@@ -43,6 +45,44 @@ def model_only(adapter, batch: int, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class Calls:
+    """Durations of the pipeline's calls, in order: the host preparation of a batch (main thread), the
+    model's `generate_prepared` (model thread), and the main thread's wait for the batch in flight
+    (`OneAhead.swap`). A point makes two passes over its batches (untimed, then timed), so the first half of
+    each list is the untimed pass."""
+
+    def __init__(self, adapter) -> None:
+        self.adapter, self.log = adapter, {"prep_s": [], "model_s": [], "wait_s": []}
+
+    def _timed(self, key, fn):
+        def inner(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.log[key].append(time.perf_counter() - t)
+        return inner
+
+    def __enter__(self) -> "Calls":
+        self._saved = (prep_module.HostPrep.__call__, runner_module.OneAhead.swap)
+        prep_module.HostPrep.__call__ = self._timed("prep_s", prep_module.HostPrep.__call__)
+        runner_module.OneAhead.swap = self._timed("wait_s", runner_module.OneAhead.swap)
+        self.adapter.generate_prepared = self._timed("model_s", type(self.adapter).generate_prepared.__get__(self.adapter))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        prep_module.HostPrep.__call__, runner_module.OneAhead.swap = self._saved
+        del self.adapter.generate_prepared  # the class's method shows through again
+
+    def summary(self) -> dict:
+        out = {}
+        for key, values in self.log.items():
+            half = len(values) // 2
+            out[key] = {"untimed_pass_sum": round(sum(values[:half]), 4), "timed_pass_sum": round(sum(values[half:]), 4),
+                        "each": [round(v, 4) for v in values]}
+        return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -59,12 +99,22 @@ def main() -> None:
     stages: list[dict] = []
 
     def stage(name: str) -> None:
-        point = _eval_speed_safely(adapter, "pope", cfg)
-        row = {"after": name, "pope_samples_per_s": point.get("samples_per_second"),
+        with Calls(adapter) as calls:
+            point = _eval_speed_safely(adapter, "pope", cfg)
+        row = {"after": name, "pope_samples_per_s": point.get("samples_per_second"), "calls": calls.summary(),
                "model_only_batch_s": model_only(adapter, cfg.eval_batch), "gc_objects": len(gc.get_objects()),
                "torch_reserved_gib": torch.cuda.memory_reserved() / 2 ** 30 if torch.cuda.is_available() else 0}
         stages.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "calls"}), flush=True)
+        print(json.dumps({k: {p: v[p] for p in ("untimed_pass_sum", "timed_pass_sum")}
+                          for k, v in row["calls"].items()}), flush=True)
+        write()
+
+    def write() -> None:  # after every stage: a run cut short keeps what it measured
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"eval_order_{args.model}.json").write_text(json.dumps(
+            {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+             "model": args.model, "lengths": cfg.lengths, "samples": cfg.eval_samples, "stages": stages}, indent=1))
 
     stage("fresh adapter")
     for n in cfg.lengths:
@@ -77,10 +127,6 @@ def main() -> None:
     gc.collect()
     free_accelerator_memory()
     stage("gc.collect + free_accelerator_memory")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"eval_order_{args.model}.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "model": args.model,
-         "lengths": cfg.lengths, "samples": cfg.eval_samples, "stages": stages}, indent=1))
 
 
 if __name__ == "__main__":
