@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The H200 sweep of issue 15 as a queue: `bash reports/speed/sweep_queue.sh QUEUE SECONDS` runs the
+# `run_speed.py` flag lines of the file QUEUE in order, from the repository root on the device machine
+# (after the wheel install and exports of README.md), with .gpu/ holding the store to continue. Each line
+# runs in its own process, resumes from the store (points already measured with the same code and flags
+# are kept) and is cut at the deadline, SECONDS from the start; the next device call continues the queue
+# with the store this one left. `$C` and `$P` in a line stand for the best and as_published flags below; a
+# line may start with VAR=value settings for its process. The store is copied to $OUT every 20 s and after
+# each line.
+set -x
+QUEUE=$1; D=/tmp/speed; mkdir -p $D; cp .gpu/speed_points.jsonl .gpu/speed_runs.jsonl $D/
+END=$((SECONDS + ${2:-560}))
+save() { cp $D/speed_points.jsonl $D/speed_runs.jsonl $OUT/ 2>/dev/null; }
+(set +x; while sleep 20; do save; done) >/dev/null 2>&1 &
+SAVER=$!; trap 'kill $SAVER 2>/dev/null; save' EXIT
+C="--point-timeout 60 --full-budget 0 --eval-samples 256"
+P="--point-timeout 30 --full-budget 0 --decode-steps 8 --repeats 1"
+if grep -q OMNIBENCH_INCEPTION=/tmp/inception_stand_in.pt "$QUEUE" && [ ! -f /tmp/inception_stand_in.pt ]; then
+  python3 -m bench.inception_stand_in fill .gpu/inception_zero.pt.gz /tmp/inception_stand_in.pt --seed 0
+fi
+grep -v '^#' "$QUEUE" | while read -r line; do
+  [ -n "$line" ] || continue
+  left=$((END - SECONDS))
+  if [ $left -lt 30 ]; then echo "QUEUE: out of time before: $line"; continue; fi
+  eval "timeout -k 10 $left env ${line%%--*} python3 run_speed.py --output-dir $D --${line#*--}" </dev/null
+  echo "QUEUE: exit $? after $SECONDS s: $line"; save
+done
