@@ -4,7 +4,9 @@ The speed sweep times a model's evaluation points after its long-context and ima
 process, on the same adapter. This bench times the sweep's own POPE-shaped evaluation point
 (`omnibench.speed._eval_speed_safely`) and one batch's model-only `generate_prepared` on a fresh adapter,
 then again after the sweep's context points (`--lengths`), then after its image point: the same code, the
-same machine, one process, so any difference is the process's history.
+same machine, one process, so any difference is the process's history. The fresh adapter's point is timed
+twice in a row first (is it the first pass of the process that is slow, or what runs between?); each stage
+records its pipeline calls' durations, the SM clock after it and the seconds since the adapter's build.
 
     python -m bench.eval_order --out $OUT --model omnimamba --lengths 1024,100000
 """
@@ -29,6 +31,17 @@ from omnibench.tasks.pope import Pope
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def sm_clock_mhz() -> int | None:
+    """The GPU's SM clock now (NVML), to see a clock that was still rising during a stage."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetClockInfo(pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device()),
+                                             pynvml.NVML_CLOCK_SM)
+    except Exception:  # no NVML (CPU machine)
+        return None
 
 
 def model_only(adapter, batch: int, repeats: int = 5) -> float:
@@ -95,6 +108,7 @@ def main() -> None:
     cfg = SweepConfig(models=[args.model], lengths=[int(n) for n in args.lengths.split(",")], device=args.device,
                       preset=args.preset, eval_samples=args.samples, point_timeout_s=60, full_generation_budget_s=0,
                       prep_workers=None if args.device.startswith("cuda") else 0)
+    start = time.perf_counter()
     adapter = registry_factory(cfg)(args.model, "best")
     stages: list[dict] = []
 
@@ -103,7 +117,8 @@ def main() -> None:
             point = _eval_speed_safely(adapter, "pope", cfg)
         row = {"after": name, "pope_samples_per_s": point.get("samples_per_second"), "calls": calls.summary(),
                "model_only_batch_s": model_only(adapter, cfg.eval_batch), "gc_objects": len(gc.get_objects()),
-               "torch_reserved_gib": torch.cuda.memory_reserved() / 2 ** 30 if torch.cuda.is_available() else 0}
+               "torch_reserved_gib": torch.cuda.memory_reserved() / 2 ** 30 if torch.cuda.is_available() else 0,
+               "sm_clock_mhz_after": sm_clock_mhz(), "seconds_since_start": round(time.perf_counter() - start, 1)}
         stages.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "calls"}), flush=True)
         print(json.dumps({k: {p: v[p] for p in ("untimed_pass_sum", "timed_pass_sum")}
@@ -117,6 +132,7 @@ def main() -> None:
              "model": args.model, "lengths": cfg.lengths, "samples": cfg.eval_samples, "stages": stages}, indent=1))
 
     stage("fresh adapter")
+    stage("the same, again (nothing between)")
     for n in cfg.lengths:
         point = _measure_safely(adapter, n, cfg)
         print(f"context {n}: {point['status']}", flush=True)
