@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from omnibench import prep as prep_module
-from omnibench import runner as runner_module
+from omnibench import pipeline as pipeline_module
 from omnibench.speed import (SweepConfig, _eval_speed_safely, _image_speed_safely, _measure_safely,
                              free_accelerator_memory)
 from omnibench.speed_cli import registry_factory
@@ -77,14 +77,14 @@ class Calls:
         return inner
 
     def __enter__(self) -> "Calls":
-        self._saved = (prep_module.HostPrep.__call__, runner_module.OneAhead.swap)
+        self._saved = (prep_module.HostPrep.__call__, pipeline_module.OneAhead.swap)
         prep_module.HostPrep.__call__ = self._timed("prep_s", prep_module.HostPrep.__call__)
-        runner_module.OneAhead.swap = self._timed("wait_s", runner_module.OneAhead.swap)
+        pipeline_module.OneAhead.swap = self._timed("wait_s", pipeline_module.OneAhead.swap)
         self.adapter.generate_prepared = self._timed("model_s", type(self.adapter).generate_prepared.__get__(self.adapter))
         return self
 
     def __exit__(self, *exc) -> None:
-        prep_module.HostPrep.__call__, runner_module.OneAhead.swap = self._saved
+        prep_module.HostPrep.__call__, pipeline_module.OneAhead.swap = self._saved
         del self.adapter.generate_prepared  # the class's method shows through again
 
     def summary(self) -> dict:

@@ -19,7 +19,6 @@ import re
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +30,7 @@ from omnibench.cache import SampleCache, atomic_write_text
 from omnibench.config import RunConfig, check_writable_dir, config_hash, task_args_for
 from omnibench.errors import free_accelerator_memory, is_out_of_memory
 from omnibench.manifest import build_manifest
+from omnibench.pipeline import OneAhead
 from omnibench.prep import HostPrep, default_workers
 from omnibench.protocol import Doc, Docs, ModelAdapter, OmnibenchError, Request, Task
 
@@ -77,37 +77,6 @@ def sample_seed(seed: int, sample_id: str) -> int:
     """Per-sample seed: the same image for a sample whatever its batch or rank, so resume is exact."""
     import hashlib
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:4], "little")
-
-
-class OneAhead:
-    """At most one call in flight on a worker thread. `swap(None)` waits for the call in flight (raising
-    what it raised) and returns (what it carries, its result); `swap(fn, carry)` then starts the next.
-    The worker runs on the CUDA device current where it was started (under torchrun, this rank's GPU):
-    a new thread would otherwise start on cuda:0."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._job: tuple[Future, Any] | None = None
-
-    def swap(self, fn: Callable[[], Any] | None, carry: Any = None) -> tuple[Any, Any] | None:
-        previous, self._job = self._job, None
-        result = previous[0].result() if previous is not None else None
-        if fn is not None:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model",
-                                                initializer=_same_device())
-            self._job = (self._pool.submit(fn), carry)
-        return (previous[1], result) if previous is not None else None
-
-    def busy(self) -> bool:
-        return self._job is not None
-
-
-def _same_device() -> Callable[[], None]:
-    """A thread initializer that makes the calling thread's current CUDA device current there too."""
-    import torch
-    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return (lambda: torch.cuda.set_device(device)) if device is not None else (lambda: None)
 
 
 def limit_count(total: int, limit: float | None) -> int:

@@ -360,14 +360,18 @@ class SpeedStore:
 
 AdapterFactory = Callable[[str, str], ModelAdapter]
 
-TIMING_MODULES = ("omnibench.speed", "omnibench.prep")  # what times a point, besides the model's own code
+TIMING_MODULES = ("omnibench.speed",)  # what times a point, besides the model's own code
+# An evaluation point also times the runner's pipeline: the host preparation in worker processes and the
+# model call in flight on its thread.
+EVAL_PIPELINE_MODULES = ("omnibench.prep", "omnibench.pipeline")
 
 
 def point_code_version(model: str, workload: str | None = None) -> str:
     """The project code a point's numbers depend on: the model family's modules and libraries
     (`identity.model_code_version`; tasks/fid.py for the Inception point; nothing for a model that is not
     registered, as tests' fakes), an evaluation point's task module (its `throughput_requests` make the
-    requests) and the timing code (TIMING_MODULES). A stored point with another version is measured again."""
+    requests) and the evaluation pipeline it times (EVAL_PIPELINE_MODULES), and the timing code
+    (TIMING_MODULES). A stored point with another version is measured again."""
     import importlib
 
     from omnibench import identity
@@ -382,7 +386,7 @@ def point_code_version(model: str, workload: str | None = None) -> str:
             pass
     if workload is not None:
         h.update(identity.code_version(get_task_class(workload).__module__).encode())
-    for name in TIMING_MODULES:
+    for name in TIMING_MODULES + (EVAL_PIPELINE_MODULES if workload is not None else ()):
         h.update(Path(importlib.import_module(name).__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -705,7 +709,7 @@ def _eval_speed_safely(adapter: ModelAdapter, workload: str, cfg: SweepConfig) -
     one untimed pass over every batch (each batch shape warmed), then one timed pass (preprocessing of the
     images included, overlapped with the model's work as in the runner)."""
     from omnibench.prep import HostPrep, default_workers
-    from omnibench.runner import OneAhead
+    from omnibench.pipeline import OneAhead
 
     requests = sorted(eval_requests(workload, cfg.eval_samples), key=lambda r: len(r.prompt))
     batches = [requests[i:i + cfg.eval_batch] for i in range(0, len(requests), cfg.eval_batch)]

@@ -347,7 +347,7 @@ def test_the_model_thread_runs_on_the_gpu_of_the_thread_that_started_it(monkeypa
     import threading
 
     import torch
-    from omnibench.runner import OneAhead
+    from omnibench.pipeline import OneAhead
     set_in = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)

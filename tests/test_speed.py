@@ -215,6 +215,24 @@ def test_code_version_of_a_point_is_its_model_familys_and_the_timing_codes():
     assert len({speed.point_code_version("omnimamba", w) for w in (None, "pope", "mme")}) == 3
 
 
+def test_an_evaluation_points_code_version_covers_the_pipeline_it_times(monkeypatch, tmp_path):
+    """The host preparation workers and the model call in flight (omnibench.prep, omnibench.pipeline) set an
+    evaluation point's samples/s: a change there measures the evaluation points again, not the others."""
+    import sys
+
+    from omnibench import speed
+    fake = tmp_path / "fake_pipeline.py"
+    fake.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(speed, "EVAL_PIPELINE_MODULES", speed.EVAL_PIPELINE_MODULES + ("fake_pipeline",))
+    before = {w: speed.point_code_version("omnimamba", w) for w in (None, "pope")}
+    fake.write_text("X = 2\n")
+    sys.modules.pop("fake_pipeline", None)
+    after = {w: speed.point_code_version("omnimamba", w) for w in (None, "pope")}
+    assert after[None] == before[None] and after["pope"] != before["pope"]
+    assert {"omnibench.prep", "omnibench.pipeline"} <= set(speed.EVAL_PIPELINE_MODULES)
+
+
 def test_point_timeout_is_recorded_and_the_sweep_goes_on(tmp_path):
     points = run_sweep(cfg_for(tmp_path, models=["slow"], lengths=[8, 16], point_timeout_s=1.0, decode_steps=200),
                        lambda m, mode: TinyRecurrent(sleep_per_step=0.05), log=lambda s: None)
