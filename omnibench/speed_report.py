@@ -66,7 +66,8 @@ def eval_table(points: list[dict[str, Any]]) -> pd.DataFrame:
     """Samples per second of each benchmark's request shape, per model (best mode)."""
     rows = [{"model": p["model"], "mode": p["mode"], "workload": p["workload"], "status": p["status"],
              "batch": p.get("batch"), "samples": p.get("samples"), "image": "x".join(map(str, p.get("image_size") or [])),
-             "output_tokens": p.get("max_new_tokens"), "samples_per_s": p.get("samples_per_second"),
+             "output_tokens": p.get("max_new_tokens"), "timed_passes": p.get("repeats"),
+             "samples_per_s": p.get("samples_per_second"),
              "code": code_label(p), "note": note(p)}
             for p in sorted((p for p in points if p["kind"] == "eval_throughput"),
                             key=lambda p: (p["workload"], p["model"], p["mode"]))]
@@ -279,7 +280,8 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
                   "Each benchmark's request shape (the task's `throughput_requests`: its prompt, a typical image "
                   "size, the answer length forced as `max_new_tokens`), sorted by prompt length and sent in "
                   "batches through the adapter's `generate_text` (image preprocessing included), warmed by one "
-                  "untimed pass over the same batches.\n",
+                  "untimed pass over the same batches, then the median of `--repeats` timed passes "
+                  "(`timed_passes`; empty: one timed pass, as points measured before that).\n",
                   ev.to_markdown(index=False, floatfmt=".4g"), ""]
     fid_rows = fid_estimate_rows(points)
     feats = next((p for p in points if p["kind"] == "fid_features" and p.get("status") == "ok"), None)

@@ -392,6 +392,35 @@ def test_compile_and_capture_never_fall_inside_a_timed_region(tmp_path, monkeypa
     assert image["total_seconds"] == 1.0 and image["images_per_second"] == 4.0  # warmed at batch 4, not 1
     ev = next(p for p in points if p["kind"] == "eval_throughput")
     assert ev["total_seconds"] == 3.0 and ev["samples"] == 5  # batches of 2, 2, 1: each shape warmed
+    assert ev["pass_samples_per_second"] == [5 / 3.0] * 2  # --repeats timed passes
+
+
+class SlowFirstTimedPass(CostlyFirstCall):
+    """Text batches cost 1 s on the fake clock, except the first `slow` batches after the untimed pass
+    (`warm` batches), which cost 4 s: a one-time cost of the process that the untimed pass did not cover."""
+
+    def __init__(self, clock, warm, slow):
+        super().__init__(clock)
+        self.calls, self.warm, self.slow = 0, warm, slow
+
+    def generate_text(self, requests):
+        with self.lock:
+            self.calls += 1
+            self.clock.t += 4.0 if self.warm < self.calls <= self.warm + self.slow else 1.0
+        return ["yes"] * len(requests)
+
+
+def test_an_evaluation_point_is_the_median_of_its_timed_passes_and_records_each(tmp_path, monkeypatch):
+    from omnibench import speed
+    clock = FakeClock()
+    monkeypatch.setattr(speed, "CLOCK", clock)
+    cfg = cfg_for(tmp_path, models=["m"], lengths=[8], repeats=3, eval_workloads=["pope"], eval_samples=4,
+                  eval_batch=2)
+    points = run_sweep(cfg, lambda m, mode: SlowFirstTimedPass(clock, warm=2, slow=2), log=lambda s: None)
+    ev = next(p for p in points if p["kind"] == "eval_throughput")
+    assert ev["pass_samples_per_second"] == [4 / 8.0, 4 / 2.0, 4 / 2.0]  # the first timed pass: 2 x 4 s
+    assert ev["samples_per_second"] == 2.0 and ev["total_seconds"] == 2.0 and ev["repeats"] == 3
+    assert ev["sweep_settings"]["repeats"] == 3  # another --repeats measures the point again
 
 
 def test_as_published_runs_sdpa_without_cudnn_and_its_cudnn_row_with_it(tmp_path):
