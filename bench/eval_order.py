@@ -61,11 +61,13 @@ def model_only(adapter, batch: int, repeats: int = 5) -> float:
 class Calls:
     """Durations of the pipeline's calls, in order: the host preparation of a batch (main thread), the
     model's `generate_prepared` (model thread), and the main thread's wait for the batch in flight
-    (`OneAhead.swap`). A point makes two passes over its batches (untimed, then timed), so the first half of
-    each list is the untimed pass."""
+    (`OneAhead.swap`). A point makes 1 + `repeats` passes over its `batches` batches (untimed, then the
+    timed ones), so the lists split into passes: `batches` preparations and model calls a pass, and
+    2 x `batches` + 1 swaps (one wait and one start a batch, the last wait)."""
 
-    def __init__(self, adapter) -> None:
-        self.adapter, self.log = adapter, {"prep_s": [], "model_s": [], "wait_s": []}
+    def __init__(self, adapter, batches: int) -> None:
+        self.adapter, self.batches = adapter, batches
+        self.log: dict[str, list[float]] = {"prep_s": [], "model_s": [], "wait_s": []}
 
     def _timed(self, key, fn):
         def inner(*args, **kwargs):
@@ -80,7 +82,8 @@ class Calls:
         self._saved = (prep_module.HostPrep.__call__, pipeline_module.OneAhead.swap)
         prep_module.HostPrep.__call__ = self._timed("prep_s", prep_module.HostPrep.__call__)
         pipeline_module.OneAhead.swap = self._timed("wait_s", pipeline_module.OneAhead.swap)
-        self.adapter.generate_prepared = self._timed("model_s", type(self.adapter).generate_prepared.__get__(self.adapter))
+        method = type(self.adapter).generate_prepared.__get__(self.adapter)
+        self.adapter.generate_prepared = self._timed("model_s", method)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -88,10 +91,11 @@ class Calls:
         del self.adapter.generate_prepared  # the class's method shows through again
 
     def summary(self) -> dict:
+        """Each kind of call's total per pass (the untimed pass first), and every call."""
         out = {}
         for key, values in self.log.items():
-            half = len(values) // 2
-            out[key] = {"untimed_pass_sum": round(sum(values[:half]), 4), "timed_pass_sum": round(sum(values[half:]), 4),
+            size = 2 * self.batches + 1 if key == "wait_s" else self.batches
+            out[key] = {"per_pass_sum": [round(sum(values[i:i + size]), 4) for i in range(0, len(values), size)],
                         "each": [round(v, 4) for v in values]}
         return out
 
@@ -113,7 +117,7 @@ def main() -> None:
     stages: list[dict] = []
 
     def stage(name: str) -> None:
-        with Calls(adapter) as calls:
+        with Calls(adapter, -(-cfg.eval_samples // cfg.eval_batch)) as calls:
             point = _eval_speed_safely(adapter, "pope", cfg)
         row = {"after": name, "pope_samples_per_s": point.get("samples_per_second"), "calls": calls.summary(),
                "model_only_batch_s": model_only(adapter, cfg.eval_batch), "gc_objects": len(gc.get_objects()),
@@ -121,8 +125,8 @@ def main() -> None:
                "sm_clock_mhz_after": sm_clock_mhz(), "seconds_since_start": round(time.perf_counter() - start, 1)}
         stages.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "calls"}), flush=True)
-        print(json.dumps({k: {p: v[p] for p in ("untimed_pass_sum", "timed_pass_sum")}
-                          for k, v in row["calls"].items()}), flush=True)
+        print(json.dumps({"pass_samples_per_s": point.get("pass_samples_per_second"),
+                          **{k: v["per_pass_sum"] for k, v in row["calls"].items()}}), flush=True)
         write()
 
     def write() -> None:  # after every stage: a run cut short keeps what it measured
