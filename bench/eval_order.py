@@ -27,10 +27,7 @@ from omnibench.speed import (SweepConfig, _eval_speed_safely, _image_speed_safel
 from omnibench.speed_cli import registry_factory
 from omnibench.tasks.pope import Pope
 
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from .eval_profile import timed
 
 
 def sm_clock_mhz() -> int | None:
@@ -48,14 +45,8 @@ def model_only(adapter, batch: int, repeats: int = 5) -> float:
     """Median seconds of one POPE-shaped batch through `generate_prepared` (preparation not timed)."""
     items = adapter.prepare_text(Pope.throughput_requests(batch))
     adapter.generate_prepared(items)
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        adapter.generate_prepared(items)
-        sync()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    times = sorted(timed(adapter.generate_prepared, items)[1] for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 class Calls:
