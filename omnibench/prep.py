@@ -2,11 +2,11 @@
 
 An adapter's `prepare_text` runs on the main thread while the device answers the batch before
 (`omnibench.pipeline.OneAhead`). Done there, its PIL and tokenizer work competes with the model thread's
-Python (kernel launches) for the interpreter and for one core; `HostPrep` instead hands each batch's requests, split in
-chunks, to `workers` spawned processes running the adapter's `preprocessor()` -- the same function
-`prepare_text` runs, so the items are identical -- as a DataLoader's workers would. The workers import
-the adapter's module once (spawn: no CUDA state or threads are forked) and keep the function they were
-started with."""
+Python (kernel launches) for the interpreter and for one core; `HostPrep` instead hands each batch's
+requests, split in chunks, to `workers` spawned processes running the adapter's `preprocessor()` -- the
+same function `prepare_text` runs, so the items are identical -- as a DataLoader's workers would. The
+workers import the adapter's module once (spawn: no CUDA state or threads are forked) and keep the
+function they were started with."""
 from __future__ import annotations
 
 import os
