@@ -6,9 +6,11 @@
 # are kept) and is cut at the deadline, SECONDS from the start; the next device call continues the queue
 # with the store this one left. `$C` and `$P` in a line stand for the best and as_published flags below; a
 # line may start with VAR=value settings for its process. The store is copied to $OUT every 20 s and after
-# each line.
+# each line. A call on the machine the last one used (still warm) continues from the store that call left
+# in /tmp/speed, which is at least as new as the copy returned from it.
 set -x
-QUEUE=$1; D=/tmp/speed; mkdir -p $D; cp .gpu/speed_points.jsonl .gpu/speed_runs.jsonl $D/
+QUEUE=$1; D=/tmp/speed; mkdir -p $D
+[ -f $D/speed_points.jsonl ] || cp .gpu/speed_points.jsonl .gpu/speed_runs.jsonl $D/
 END=$((SECONDS + ${2:-560}))
 save() { cp $D/speed_points.jsonl $D/speed_runs.jsonl $OUT/ 2>/dev/null; }
 (set +x; while sleep 20; do save; done) >/dev/null 2>&1 &
