@@ -1,17 +1,26 @@
-"""Who burns the CPU while an evaluation point is slow? (issue 15, after bench.eval_order)
+"""Who slows an evaluation point, and what ends it? (issue 15, after bench.eval_order)
 
 bench.eval_order found the sweep's POPE-shaped point slow on a fresh adapter (~74 samples/s over all three
 timed passes) and fast (~108) in every later stage, each of which came after `model_only` (a batch
 prepared by `prepare_text` in the main process, then `generate_prepared` on the main thread); the sweep
-itself, which never calls either, is slow on every workload. This bench runs the same point in stages and,
-over each point's timed passes only, records CPU seconds per thread of this process (by thread name), the
-CPU seconds and thread count of each preparation worker and its TOKENIZERS_PARALLELISM, and Python's
-garbage collections (count, seconds):
+itself, which never calls either, is slow on every workload. Over each point's timed passes this bench
+records the process's CPU seconds (all its threads, those that ended included) and by thread, each
+preparation worker's CPU seconds, thread count and TOKENIZERS_PARALLELISM, and Python's collections.
 
-    S1 fresh adapter; S2 the same again, nothing between; S3 after `prepare_text` of one batch in the main
-    process; S4 after `generate_prepared` of one batch on the main thread (the other half of model_only).
+`--sequence parts` (default) times the point on the fresh adapter, then again after each of these, in
+order, so the first stage that is fast names what ends the slow state: (a) `generate_prepared` of one
+batch prepared in this process, called on a new thread as the pipeline calls it; (b) the vision towers
+(`image_features`) of one batch of worker-prepared items on the main thread; (c) the padded prefill of that
+batch on the main thread; (d) its decode steps on the main thread (its prefill on a new thread); (e)
+`generate_prepared` of worker-prepared items on the main thread. `--sequence first` times only the fresh
+point and the same point again (with `--prep-workers 0`: is the slow state there without the pool? with
+`--switch-interval 0.0005`: is it contention for the interpreter lock?). Call I4's run (2026-12-03) had
+the first version of this bench: fresh, again, after `prepare_text`, after `generate_prepared` on the main
+thread (the last one fast).
 
     python -m bench.eval_cpu --out $OUT
+    python -m bench.eval_cpu --out $OUT --sequence first --prep-workers 0
+    python -m bench.eval_cpu --out $OUT --sequence first --switch-interval 0.0005
 """
 from __future__ import annotations
 
@@ -38,8 +47,9 @@ def _cpu_seconds(stat_path: str) -> float:
 
 
 def threads() -> dict[str, float]:
-    """CPU seconds of this process's threads, summed by name: Python's name for Python threads (the main
-    thread, the model thread `omnibench-model_0`, the executor's queue thread), the OS name for the rest."""
+    """CPU seconds of this process's live threads, summed by name: Python's name for Python threads (the
+    main thread, the pool's queue threads), the OS name for the rest. The pipeline's model thread ends with
+    each pass, before the snapshot after it: its share is the process's total minus these."""
     import threading
     named = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = {}
@@ -77,6 +87,7 @@ class Probe:
     def __init__(self) -> None:
         self.threads: dict[str, float] = {}
         self.children_cpu, self.children_seen, self.gc_n, self.gc_s, self.wall = 0.0, {}, 0, 0.0, 0.0
+        self.process_cpu = 0.0  # all threads, those that ended during a pass included (the model thread)
         self._gc_t = 0.0
 
     def _gc(self, phase: str, info: dict) -> None:
@@ -91,7 +102,7 @@ class Probe:
         probe = self
 
         def timed(timer, fn):
-            t0, k0 = threads(), children()
+            t0, k0, p0 = threads(), children(), _cpu_seconds("/proc/self/stat")
             gc.callbacks.append(probe._gc)
             w = time.perf_counter()
             try:
@@ -100,6 +111,7 @@ class Probe:
                 probe.wall += time.perf_counter() - w
                 gc.callbacks.remove(probe._gc)
                 t1, k1 = threads(), children()
+                probe.process_cpu += _cpu_seconds("/proc/self/stat") - p0
                 for name, s in t1.items():
                     probe.threads[name] = probe.threads.get(name, 0.0) + s - t0.get(name, 0.0)
                 probe.children_cpu += sum(v["cpu_s"] - k0.get(pid, {"cpu_s": 0.0})["cpu_s"] for pid, v in k1.items())
@@ -115,45 +127,95 @@ class Probe:
         top = sorted(self.threads.items(), key=lambda kv: -kv[1])[:8]
         kids = list(self.children_seen.values())
         return {"timed_wall_s": round(self.wall, 3), "threads_cpu_s": {k: round(v, 2) for k, v in top},
-                "process_cpu_s": round(sum(self.threads.values()), 2), "children_cpu_s": round(self.children_cpu, 2),
+                "process_cpu_s": round(self.process_cpu, 2), "children_cpu_s": round(self.children_cpu, 2),
                 "children": len(kids), "children_threads": sorted({c["threads"] for c in kids}),
                 "children_TOKENIZERS_PARALLELISM": sorted({str(c["TOKENIZERS_PARALLELISM"]) for c in kids}),
                 "gc_collections": self.gc_n, "gc_s": round(self.gc_s, 3)}
 
 
+def parts(adapter, prep, batch) -> dict:
+    """The calls that might end the slow state, each on one batch (see the module docstring)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def on_new_thread(fn):
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(fn).result()
+
+    def worker_items():
+        return prep(batch)
+
+    def vision():
+        items = worker_items()
+        adapter.model.image_features(torch.stack([it.pixels[0] for it in items]))
+
+    def prefilled(items):
+        feats = adapter.model.image_features(torch.stack([it.pixels[0] for it in items]))
+        embeds, lengths = adapter.mmu_batch_embeddings([p.ids for p in items],
+                                                       {i: feats[i:i + 1] for i in range(len(items))})
+        return adapter.model.prefill(embeds, "mmu", lengths)
+
+    def decode():
+        state, logits = on_new_thread(lambda: prefilled(worker_items()))
+        token = logits.argmax(-1)
+        for _ in range(2):
+            token = adapter.decode_step(state, token).argmax(-1)
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+
+    return {"(a) generate_prepared of in-process items on a new thread":
+                lambda: on_new_thread(lambda: adapter.generate_prepared(adapter.prepare_text(batch))),
+            "(b) vision towers on the main thread": vision,
+            "(c) padded prefill on the main thread": lambda: prefilled(worker_items()),
+            "(d) decode steps on the main thread": decode,
+            "(e) generate_prepared of worker items on the main thread":
+                lambda: adapter.generate_prepared(worker_items())}
+
+
 def main() -> None:
+    import sys
+
+    from omnibench.prep import HostPrep, default_workers
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="omnimamba")
     parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--sequence", choices=["parts", "first"], default="parts")
+    parser.add_argument("--prep-workers", type=int, default=None, help="default: the sweep's (8 on this GPU machine)")
+    parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preset", default="full", help="tiny: a CPU smoke run of this script")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
+    workers = args.prep_workers if args.prep_workers is not None else (None if args.device.startswith("cuda") else 2)
     cfg = SweepConfig(models=[args.model], device=args.device, preset=args.preset, eval_samples=args.samples,
-                      point_timeout_s=60, full_generation_budget_s=0,
-                      prep_workers=None if args.device.startswith("cuda") else 2)
+                      point_timeout_s=60, full_generation_budget_s=0, prep_workers=workers)
     adapter = registry_factory(cfg)(args.model, "best")
     rows: list[dict] = []
-    batch = Pope.throughput_requests(cfg.eval_batch)
+    name = "_".join(["eval_cpu", args.model, args.sequence] + ([f"w{args.prep_workers}"] if args.prep_workers is not None else [])
+                    + ([f"si{args.switch_interval:g}"] if args.switch_interval is not None else []))
 
-    def stage(name: str) -> None:
+    def stage(label: str) -> None:
         with Probe() as probe:
             point = _eval_speed_safely(adapter, "pope", cfg)
-        rows.append({"stage": name, "status": point.get("status"), "samples_per_s": point.get("samples_per_second"),
+        rows.append({"stage": label, "status": point.get("status"), "samples_per_s": point.get("samples_per_second"),
                      "pass_samples_per_s": point.get("pass_samples_per_second"), **probe.row()})
         print(json.dumps(rows[-1]), flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"eval_cpu_{args.model}.json").write_text(json.dumps(
-            {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        (args.out / f"{name}.json").write_text(json.dumps(
+            {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "argv": sys.argv,
+             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "switch_interval": sys.getswitchinterval(),
              "env_TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"), "stages": rows}, indent=1))
 
-    stage("S1 fresh adapter")
-    stage("S2 again, nothing between")
-    items = adapter.prepare_text(batch)
-    stage("S3 after prepare_text of one batch in the main process")
-    adapter.generate_prepared(items)
-    stage("S4 after generate_prepared of one batch on the main thread")
+    stage("fresh adapter")
+    if args.sequence == "first":
+        stage("again, nothing between")
+        return
+    batch = Pope.throughput_requests(cfg.eval_batch)
+    with HostPrep(adapter, workers if workers is not None else default_workers(cfg.device)) as prep:
+        for label, call in parts(adapter, prep, batch).items():
+            call()
+            stage(f"after {label}")
 
 
 if __name__ == "__main__":
