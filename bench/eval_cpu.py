@@ -7,20 +7,24 @@ itself, which never calls either, is slow on every workload. Over each point's t
 records the process's CPU seconds (all its threads, those that ended included) and by thread, each
 preparation worker's CPU seconds, thread count and TOKENIZERS_PARALLELISM, and Python's collections.
 
-`--sequence parts` (default) times the point on the fresh adapter, then again after each of these, in
-order, so the first stage that is fast names what ends the slow state: (a) `generate_prepared` of one
-batch prepared in this process, called on a new thread as the pipeline calls it; (b) the vision towers
-(`image_features`) of one batch of worker-prepared items on the main thread; (c) the padded prefill of that
-batch on the main thread; (d) its decode steps on the main thread (its prefill on a new thread); (e)
-`generate_prepared` of worker-prepared items on the main thread. `--sequence first` times only the fresh
-point and the same point again (with `--prep-workers 0`: is the slow state there without the pool? with
-`--switch-interval 0.0005`: is it contention for the interpreter lock?). Call I4's run (2026-12-03) had
+Since the finding, `omnibench.pipeline.OneAhead` makes its first call on the caller's thread;
+`--all-on-worker` restores calls on the worker thread only (`OneAhead.FIRST_ON_CALLER = False`), the
+pipeline the finding was made with. `--sequence parts` (default) times the point on the fresh adapter,
+then again after each of these, in order, so the first stage that is fast names what ends the slow state:
+(a) `generate_prepared` of one batch prepared in this process, called on a new thread as the pipeline calls
+it; (b) the vision towers (`image_features`) of one batch of worker-prepared items on the main thread; (c)
+the padded prefill of that batch on the main thread; (d) its decode steps on the main thread (its prefill
+on a new thread); (e) `generate_prepared` of worker-prepared items on the main thread. `--sequence first`
+times only the fresh point and the same point again (as the pipeline is: is the slow state gone? with
+`--all-on-worker --prep-workers 0`: is it there without the pool? with `--all-on-worker --switch-interval
+0.0005`: is it contention for the interpreter lock?). Call I4's run (2026-12-03, before the change) had
 the first version of this bench: fresh, again, after `prepare_text`, after `generate_prepared` on the main
 thread (the last one fast).
 
-    python -m bench.eval_cpu --out $OUT
-    python -m bench.eval_cpu --out $OUT --sequence first --prep-workers 0
-    python -m bench.eval_cpu --out $OUT --sequence first --switch-interval 0.0005
+    python -m bench.eval_cpu --out $OUT --sequence first
+    python -m bench.eval_cpu --out $OUT --all-on-worker
+    python -m bench.eval_cpu --out $OUT --all-on-worker --sequence first --prep-workers 0
+    python -m bench.eval_cpu --out $OUT --all-on-worker --sequence first --switch-interval 0.0005
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ import argparse
 import gc
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from omnibench import speed as speed_module
+from omnibench.pipeline import OneAhead
 from omnibench.speed import SweepConfig, _eval_speed_safely
 from omnibench.speed_cli import registry_factory
 from omnibench.tasks.pope import Pope
@@ -159,7 +165,8 @@ def parts(adapter, prep, batch) -> dict:
         token = logits.argmax(-1)
         for _ in range(2):
             token = adapter.decode_step(state, token).argmax(-1)
-        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     return {"(a) generate_prepared of in-process items on a new thread":
                 lambda: on_new_thread(lambda: adapter.generate_prepared(adapter.prepare_text(batch))),
@@ -171,8 +178,6 @@ def parts(adapter, prep, batch) -> dict:
 
 
 def main() -> None:
-    import sys
-
     from omnibench.prep import HostPrep, default_workers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,17 +187,21 @@ def main() -> None:
     parser.add_argument("--sequence", choices=["parts", "first"], default="parts")
     parser.add_argument("--prep-workers", type=int, default=None, help="default: the sweep's (8 on this GPU machine)")
     parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
+    parser.add_argument("--all-on-worker", action="store_true", help="OneAhead.FIRST_ON_CALLER = False")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preset", default="full", help="tiny: a CPU smoke run of this script")
     args = parser.parse_args()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
+    if args.all_on_worker:
+        OneAhead.FIRST_ON_CALLER = False
     workers = args.prep_workers if args.prep_workers is not None else (None if args.device.startswith("cuda") else 2)
     cfg = SweepConfig(models=[args.model], device=args.device, preset=args.preset, eval_samples=args.samples,
                       point_timeout_s=60, full_generation_budget_s=0, prep_workers=workers)
     adapter = registry_factory(cfg)(args.model, "best")
     rows: list[dict] = []
-    name = "_".join(["eval_cpu", args.model, args.sequence] + ([f"w{args.prep_workers}"] if args.prep_workers is not None else [])
+    name = "_".join(["eval_cpu", args.model, args.sequence] + (["all_on_worker"] if args.all_on_worker else [])
+                    + ([f"w{args.prep_workers}"] if args.prep_workers is not None else [])
                     + ([f"si{args.switch_interval:g}"] if args.switch_interval is not None else []))
 
     def stage(label: str) -> None:
@@ -204,7 +213,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{name}.json").write_text(json.dumps(
             {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "argv": sys.argv,
-             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "switch_interval": sys.getswitchinterval(),
+             "first_on_caller": OneAhead.FIRST_ON_CALLER,
+             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+             "switch_interval": sys.getswitchinterval(),
              "env_TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"), "stages": rows}, indent=1))
 
     stage("fresh adapter")

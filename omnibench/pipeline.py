@@ -11,24 +11,49 @@ class OneAhead:
     """At most one call in flight on a worker thread. `swap(None)` waits for the call in flight (raising
     what it raised) and returns (what it carries, its result); `swap(fn, carry)` then starts the next.
     The worker runs on the CUDA device current where it was started (under torchrun, this rank's GPU):
-    a new thread would otherwise start on cuda:0."""
+    a new thread would otherwise start on cuda:0.
+
+    The first call runs on the caller's thread, to its end, and the next `swap` returns it as it would a
+    finished call of the worker's (its error included). Why: on an H200, a process whose model calls had
+    all run on a worker thread answered POPE-shaped batches of OmniMamba at ~72 samples/s while the host
+    prepared the next batch, and ~108 once its main thread had made one such call, for every later pass on
+    new worker threads (reports/speed/README.md: bench.eval_order, bench.eval_cpu). The mechanism is not
+    known; `FIRST_ON_CALLER = False` restores calls on the worker only, for benches that study it. Costs one
+    batch's preparation that does not overlap a model call."""
+
+    FIRST_ON_CALLER = True
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._job: tuple[Future, Any] | None = None
+        self._calls = 0
 
     def swap(self, fn: Callable[[], Any] | None, carry: Any = None) -> tuple[Any, Any] | None:
         previous, self._job = self._job, None
         result = previous[0].result() if previous is not None else None
         if fn is not None:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model",
-                                                initializer=_same_device())
-            self._job = (self._pool.submit(fn), carry)
+            self._calls += 1
+            if self._calls == 1 and self.FIRST_ON_CALLER:
+                self._job = (_called_here(fn), carry)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model",
+                                                    initializer=_same_device())
+                self._job = (self._pool.submit(fn), carry)
         return (previous[1], result) if previous is not None else None
 
     def busy(self) -> bool:
         return self._job is not None
+
+
+def _called_here(fn: Callable[[], Any]) -> Future:
+    """A finished Future of `fn()` called on this thread: its result, or the exception it raised."""
+    done: Future = Future()
+    try:
+        done.set_result(fn())
+    except Exception as exc:
+        done.set_exception(exc)
+    return done
 
 
 def _same_device() -> Callable[[], None]:

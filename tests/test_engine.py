@@ -290,30 +290,31 @@ def test_lmms_eval_vocabulary_task_names_gen_kwargs_and_samples_suffix(tmp_path,
 
 
 class Overlapping(ModelAdapter):
-    """Its first batch does not finish until the runner has prepared the next one: a runner that does the
-    host-side work of batch i + 1 only after batch i (the device idle meanwhile) never sets the event."""
+    """Its second batch does not finish until the runner has prepared the third: a runner that does the
+    host-side work of batch i + 1 only after batch i (the device idle meanwhile) never sets the event. The
+    first batch runs on the caller's thread (omnibench.pipeline.OneAhead), so it cannot overlap."""
     name = "overlapping"
 
     def __init__(self):
         super().__init__()
         import threading
         self.prepared, self.next_prepared = [], threading.Event()
-        self.threads = set()
+        self.threads = []
 
     def prepare_text(self, requests):
         import threading
         self.prepared.append([r.sample_id for r in requests])
-        self.threads.add(("prepare", threading.current_thread().name))
-        if len(self.prepared) == 2:
+        self.threads.append(("prepare", threading.current_thread().name))
+        if len(self.prepared) == 3:
             self.next_prepared.set()
         return [("ready", r) for r in requests]
 
     def generate_prepared(self, items):
         import threading
-        self.threads.add(("generate", threading.current_thread().name))
+        self.threads.append(("generate", threading.current_thread().name))
         assert all(tag == "ready" for tag, _ in items)  # what prepare_text made, not raw requests
-        if len(self.prepared) == 1:
-            assert self.next_prepared.wait(timeout=60), "batch 2 was not prepared while batch 1 ran"
+        if len(self.prepared) == 2:
+            assert self.next_prepared.wait(timeout=60), "batch 3 was not prepared while batch 2 ran"
         return ["yes" for _ in items]
 
 
@@ -322,9 +323,10 @@ def test_next_batch_is_prepared_on_the_host_while_the_model_answers_this_one(tmp
     out = Runner(pope_cfg(tmp_path, batch_size=2), lambda: model).run()
     assert out["n_samples"]["pope"] == {"total": 6, "failed": 0, "available": 6}
     assert [len(b) for b in model.prepared] == [2, 2, 2]
-    generate_threads = {t for kind, t in model.threads if kind == "generate"}
+    generate_threads = [t for kind, t in model.threads if kind == "generate"]
     prepare_threads = {t for kind, t in model.threads if kind == "prepare"}
-    assert generate_threads.isdisjoint(prepare_threads)  # the model call runs on its own worker thread
+    assert generate_threads[0] in prepare_threads  # the first batch on the caller's thread
+    assert set(generate_threads[1:]).isdisjoint(prepare_threads)  # then on the model's own worker thread
 
 
 class FailsOnThirdBatch(FixedAnswers):
@@ -354,9 +356,42 @@ def test_the_model_thread_runs_on_the_gpu_of_the_thread_that_started_it(monkeypa
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_in.setdefault(threading.current_thread().name, d))
     ahead = OneAhead()
-    ahead.swap(lambda: threading.current_thread().name, "batch 1")
+    ahead.swap(lambda: threading.current_thread().name, "batch 1")  # on this thread (see the next test)
+    ahead.swap(lambda: threading.current_thread().name, "batch 2")
     carry, worker = ahead.swap(None)
-    assert carry == "batch 1" and worker != threading.current_thread().name and set_in == {worker: 3}
+    assert carry == "batch 2" and worker != threading.current_thread().name and set_in == {worker: 3}
+
+
+def test_the_first_call_runs_on_the_callers_thread_and_answers_as_a_call_in_flight_would(monkeypatch):
+    """OneAhead's first call runs here, to its end (reports/speed/README.md says why); the next swap
+    returns its carry and result, or raises its error, as for a call of the worker's; later calls run on
+    the worker while the caller goes on. With FIRST_ON_CALLER off every call runs on the worker."""
+    import threading
+
+    from omnibench.pipeline import OneAhead
+    here, calls = threading.current_thread().name, []
+
+    def call(tag, fail=False):
+        calls.append((tag, threading.current_thread().name))
+        if fail:
+            raise RuntimeError(f"{tag} failed")
+        return tag
+
+    ahead = OneAhead()
+    assert ahead.swap(lambda: call("one", fail=True), "c1") is None and calls == [("one", here)]
+    assert ahead.busy()
+    with pytest.raises(RuntimeError, match="one failed"):  # raised where a call in flight's error is
+        ahead.swap(None)
+    release = threading.Event()
+    ahead.swap(lambda: (release.wait(60), call("two"))[1], "c2")
+    calls.append(("caller went on", here))  # while the worker's call waits
+    release.set()
+    assert ahead.swap(None) == ("c2", "two") and calls[1:] == [("caller went on", here), ("two", calls[2][1])]
+    assert calls[2][1] != here
+    monkeypatch.setattr(OneAhead, "FIRST_ON_CALLER", False)
+    worker_only = OneAhead()
+    worker_only.swap(lambda: call("three"), "c3")
+    assert worker_only.swap(None) == ("c3", "three") and calls[-1][1] != here
 
 
 class RecordsBatches(FixedAnswers):
