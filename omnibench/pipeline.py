@@ -26,20 +26,20 @@ class OneAhead:
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._job: tuple[Future, Any] | None = None
-        self._calls = 0
+        self._called = False
 
     def swap(self, fn: Callable[[], Any] | None, carry: Any = None) -> tuple[Any, Any] | None:
         previous, self._job = self._job, None
         result = previous[0].result() if previous is not None else None
         if fn is not None:
-            self._calls += 1
-            if self._calls == 1 and self.FIRST_ON_CALLER:
+            if self.FIRST_ON_CALLER and not self._called:
                 self._job = (_called_here(fn), carry)
             else:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnibench-model",
                                                     initializer=_same_device())
                 self._job = (self._pool.submit(fn), carry)
+            self._called = True
         return (previous[1], result) if previous is not None else None
 
     def busy(self) -> bool:

@@ -5,8 +5,8 @@ Requests are batched by length (each batch the shortest of a pool of a few batch
 little). One model call is in flight at a time, on a worker thread (the first on the main thread:
 omnibench.pipeline.OneAhead), while the main thread builds the next batch (reading rows, decoding images)
 and does its host-side preparation (`ModelAdapter.prepare_text`: resize, normalise, tokenize): the device
-does not wait for the host between batches. Every finished batch is on disk before the next model call starts, so a crash loses at most the
-batch in flight."""
+does not wait for the host between batches. Every finished batch is on disk before the next model call
+starts, so a crash loses at most the batch in flight."""
 from __future__ import annotations
 
 import contextlib
