@@ -73,13 +73,9 @@ def triton_linear(x: torch.Tensor, w: torch.Tensor, block_n: int, block_k: int, 
     return (part[0] if split == 1 else part.sum(0)).to(x.dtype)
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
-
-
 @torch.inference_mode()
 def sweep(device: str, rows_list: tuple[int, ...], shapes: dict, count: int) -> list[dict]:
-    from .omnimamba_gpu import graph_ms
+    from .omnimamba_gpu import graph_ms, rel_err
 
     cuda = device.startswith("cuda")
     g = torch.Generator(device=device).manual_seed(0)
