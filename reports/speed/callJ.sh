@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Device call J (planned, not yet run): the next session's first call, from the repository root after the
+# wheel install and exports, with this report's store copied to .gpu/. About 9 minutes:
+# 1. bench.eval_cpu with the pipeline as it is (OneAhead's first call on the caller's thread): is the fresh
+#    evaluation point fast now? 2. the old pipeline (--all-on-worker): which part of a main-thread call
+#    ends the slow state; 3. the text-to-image projections at 16/32 rows (bench.skinny_gemm); 4. the sweep's
+#    evaluation points again (the only points whose code version the OneAhead change moved).
+set -x
+python3 -m bench.eval_cpu --out $OUT --sequence first > $OUT/eval_cpu_first.log 2>&1
+timeout -k 5 150 python3 -m bench.eval_cpu --out $OUT --all-on-worker > $OUT/eval_cpu_parts.log 2>&1
+timeout -k 5 120 python3 -m bench.skinny_gemm --out $OUT > $OUT/skinny_gemm.log 2>&1
+bash reports/speed/sweep_queue.sh reports/speed/queueF.txt 200 > $OUT/callJ.log 2>&1
