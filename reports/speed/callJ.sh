@@ -6,7 +6,8 @@
 #    ends the slow state; 3. the text-to-image projections at 16/32 rows (bench.skinny_gemm); 4. the sweep's
 #    evaluation points again (the only points whose code version the OneAhead change moved).
 set -x
-python3 -m bench.eval_cpu --out $OUT --sequence first > $OUT/eval_cpu_first.log 2>&1
-timeout -k 5 150 python3 -m bench.eval_cpu --out $OUT --all-on-worker > $OUT/eval_cpu_parts.log 2>&1
-timeout -k 5 120 python3 -m bench.skinny_gemm --out $OUT > $OUT/skinny_gemm.log 2>&1
-bash reports/speed/sweep_queue.sh reports/speed/queueF.txt 200 > $OUT/callJ.log 2>&1
+exec > $OUT/callJ.log 2>&1  # one log: at most 8 files come back from $OUT
+timeout -k 5 120 python3 -m bench.eval_cpu --out $OUT --sequence first
+timeout -k 5 150 python3 -m bench.eval_cpu --out $OUT --all-on-worker
+timeout -k 5 120 python3 -m bench.skinny_gemm --out $OUT
+bash reports/speed/sweep_queue.sh reports/speed/queueF.txt 200
