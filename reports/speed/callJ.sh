@@ -10,4 +10,4 @@ exec > $OUT/callJ.log 2>&1  # one log: at most 8 files come back from $OUT
 timeout -k 5 120 python3 -m bench.eval_cpu --out $OUT --sequence first
 timeout -k 5 150 python3 -m bench.eval_cpu --out $OUT --all-on-worker
 timeout -k 5 120 python3 -m bench.skinny_gemm --out $OUT
-bash reports/speed/sweep_queue.sh reports/speed/queueF.txt 200
+bash reports/speed/sweep_queue.sh reports/speed/queueF.txt $((570 - SECONDS))  # what is left of ~9.5 min
