@@ -47,8 +47,12 @@ from omnibench.tasks.pope import Pope
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(stat_path: str) -> float:
-    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+def _stat(stat_path: str) -> list[str]:
+    """A /proc stat file's fields after the command name (field 3, the state, is [0]; the parent pid [1])."""
+    return Path(stat_path).read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
@@ -62,7 +66,7 @@ def threads() -> dict[str, float]:
     for tid in os.listdir("/proc/self/task"):
         try:
             name = named.get(int(tid)) or Path(f"/proc/self/task/{tid}/comm").read_text().strip() + " (native)"
-            out[name] = out.get(name, 0.0) + _cpu_seconds(f"/proc/self/task/{tid}/stat")
+            out[name] = out.get(name, 0.0) + _cpu_seconds(_stat(f"/proc/self/task/{tid}/stat"))
         except OSError:  # the thread ended
             pass
     return out
@@ -73,12 +77,12 @@ def children() -> dict[int, dict]:
     me, out = str(os.getpid()), {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(f"/proc/{pid}/stat")
             if fields[1] != me:
                 continue
             status = Path(f"/proc/{pid}/status").read_text()
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            out[int(pid)] = {"cpu_s": (int(fields[11]) + int(fields[12])) / TICK,
+            out[int(pid)] = {"cpu_s": _cpu_seconds(fields),
                              "threads": int(status.split("Threads:")[1].split()[0]),
                              "TOKENIZERS_PARALLELISM": next((e.decode().split("=", 1)[1] for e in env
                                                              if e.startswith(b"TOKENIZERS_PARALLELISM=")), None)}
@@ -108,7 +112,7 @@ class Probe:
         probe = self
 
         def timed(timer, fn):
-            t0, k0, p0 = threads(), children(), _cpu_seconds("/proc/self/stat")
+            t0, k0, p0 = threads(), children(), _cpu_seconds(_stat("/proc/self/stat"))
             gc.callbacks.append(probe._gc)
             w = time.perf_counter()
             try:
@@ -117,7 +121,7 @@ class Probe:
                 probe.wall += time.perf_counter() - w
                 gc.callbacks.remove(probe._gc)
                 t1, k1 = threads(), children()
-                probe.process_cpu += _cpu_seconds("/proc/self/stat") - p0
+                probe.process_cpu += _cpu_seconds(_stat("/proc/self/stat")) - p0
                 for name, s in t1.items():
                     probe.threads[name] = probe.threads.get(name, 0.0) + s - t0.get(name, 0.0)
                 probe.children_cpu += sum(v["cpu_s"] - k0.get(pid, {"cpu_s": 0.0})["cpu_s"] for pid, v in k1.items())
