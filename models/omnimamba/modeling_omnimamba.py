@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from omnibench.models.common.graphs import GraphPool
 from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
 
-from . import fused
+from . import fused, persistent
 from .fused import fused_available
 from .ssd import conv_update_triton, kernels, ssd_chunked, ssd_step, use_kernels
 
@@ -419,6 +419,9 @@ class OmniMamba(nn.Module):
         self.use_cuda_graphs = True
         self.use_fused_decode = True  # fused.py's decode kernels (see Mamba2Mixer.step)
         self.fold_conv = True  # with use_fused_decode: 3 kernels a layer; False: the previous 4-kernel step
+        # with use_fused_decode and fold_conv, batch 1: every layer in one persistent kernel (persistent.py)
+        self.persistent_decode = False
+        self._stack = persistent.Stack()
         self.ssm_state_dtype: Literal["model", "float32"] = "model"  # see DecodeState
 
     def _apply(self, fn, *args, **kwargs):
@@ -560,9 +563,12 @@ class OmniMamba(nn.Module):
     def _step(self, state: DecodeState, token: torch.Tensor) -> torch.Tensor:
         x = self.token_embeddings(token, state.position, state.route).to(self._dtype())
         residual = None
-        for i, layer in enumerate(self.lm.backbone.layers):
-            x, residual = layer.mixer.step(x, residual, layer.norm, state.route, state.conv[i], state.ssm[i],
-                                           self.use_fused_decode, self.fold_conv)
+        if self._persistent_runs(state, x):
+            x, residual = self._persistent_layers(state, x)
+        else:
+            for i, layer in enumerate(self.lm.backbone.layers):
+                x, residual = layer.mixer.step(x, residual, layer.norm, state.route, state.conv[i], state.ssm[i],
+                                               self.use_fused_decode, self.fold_conv)
         norm_f, head = self.lm.backbone.norm_f, self.head(state.route)
         if self.use_fused_decode and norm_f.allow_kernels and fused_available(x, residual):  # norm inside the head GEMV
             logits = wide(fused.norm_linear(x, residual, norm_f.weight, norm_f.eps, head.weight)[0])
@@ -570,6 +576,30 @@ class OmniMamba(nn.Module):
             logits = self.logits(add_rms_norm(x, residual, norm_f, prenorm=False)[0], state.route)
         state.position.add_(1)  # after the head, which may then overlap the last out_proj (PDL)
         return logits
+
+    def _persistent_runs(self, state: DecodeState, x: torch.Tensor) -> bool:
+        """Whether this step's layers run as persistent.py's one kernel: asked for (persistent_decode with
+        the fused three-kernel step), batch 1 where Triton kernels run, kernels allowed in every layer,
+        one gated-norm group, dense states."""
+        cfg = self.config
+        return (self.persistent_decode and self.use_fused_decode and self.fold_conv and x.shape[0] == 1
+                and fused.kernels_run_on(x.device) and x.is_contiguous()
+                and all(layer.mixer.allow_kernels and layer.norm.allow_kernels for layer in self.lm.backbone.layers)
+                and self.lm.backbone.layers[0].mixer.norm.group_size == cfg.d_inner
+                and all(t.is_contiguous() for t in state.conv + state.ssm))
+
+    def _persistent_layers(self, state: DecodeState, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = []
+        for i, layer in enumerate(self.lm.backbone.layers):
+            m = layer.mixer
+            A = derived(m, "A", (m.A_log,), lambda m=m: -torch.exp(m.A_log.float()))
+            layers.append((m.in_proj.merged(state.route), layer.norm.weight, m.conv1d.weight.squeeze(1), m.conv1d.bias,
+                           A, m.D, m.dt_bias, m.norm.weight, m.out_proj.weight, state.conv[i], state.ssm[i]))
+        first = self.lm.backbone.layers[0]
+        cfg = self.config
+        return persistent.layers_step(self._stack, x, layers, d_inner=cfg.d_inner, nheads=cfg.nheads,
+                                      headdim=cfg.headdim, d_state=cfg.d_state, ngroups=cfg.ngroups,
+                                      eps_in=first.norm.eps, eps_gate=first.mixer.norm.eps)
 
     @property
     def graph_pool(self) -> GraphPool:
