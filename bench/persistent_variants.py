@@ -1,0 +1,110 @@
+"""Variants of the persistent decode kernel (models/omnimamba/persistent.py), timed beside fused.py's
+three-kernel step in one process, without touching the model package (whose source is part of every
+OmniMamba point's code version in the speed store):
+
+- `spin=volatile`: the barrier spins on volatile loads of the counter (one acquire atomic after it), not
+  on atomic adds of 0, which serialise 132 programs on one L2 address;
+- `per_sm` > 1: more programs than multiprocessors (not in the default list: with too many registers they
+  cannot all be resident, and the barrier then waits forever);
+- `sync=False`: the same kernel launched once per phase (144 launches): the phases without barriers.
+
+A variant's kernel is persistent.py's source with the one change applied as a text substitution (asserted
+to match), compiled as its own module. Each variant's fp32 logits are checked against the three-kernel
+step's over 8 teacher-forced steps before it is timed.
+
+    python -m bench.persistent_variants --out $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.omnimamba_gpu import build, clone_state, configure, decode_bytes, decode_latency, forced_logits, hbm_bandwidth, rel_err
+from omnibench.models.omnimamba import persistent
+
+SPIN_ATOMIC = """        while seen < target:
+            seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+"""
+SPIN_VOLATILE = """        while seen < target:
+            seen = tl.load(sync_ptr, volatile=True)
+        tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+"""
+
+
+def variant_module(spin: str):
+    src = Path(persistent.__file__).read_text()
+    if spin == "volatile":
+        assert SPIN_ATOMIC in src, "persistent.py's barrier changed: update this bench"
+        src = src.replace(SPIN_ATOMIC, SPIN_VOLATILE)
+    path = Path("/tmp") / f"persistent_{spin}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"persistent_{spin}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--context", type=int, default=1024)
+    args = ap.parse_args()
+    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    t0 = time.perf_counter()
+
+    def emit(key, value):
+        out[key] = value
+        print(json.dumps({key: value, "t": round(time.perf_counter() - t0, 1)}), flush=True)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "persistent_variants.json").write_text(json.dumps(out, indent=2))
+
+    import omnibench.models.omnimamba.modeling_omnimamba as mm
+    model = build(torch.float32)
+    configure(model, use_fused_decode=True, fold_conv=True, ssm_state_dtype="model", pdl=False)
+    ids = torch.randint(0, model.config.vocab_size, (1, 300), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    tokens = list(range(100, 108))
+    with torch.inference_mode():
+        model.set_kernels(True)
+        start, _ = model.prefill(model.with_mmu_positions(model.text_embeddings(ids)), "mmu")
+        configure(model, persistent_decode=False)
+        ref = forced_logits(model, None, tokens, True, start)
+    model.to(torch.bfloat16)
+    emit("weight_read_floor_ms", 1e3 * decode_bytes(model) / hbm_bandwidth())
+    configure(model, persistent_decode=False)
+    emit("three_kernels", decode_latency(model, args.context)["decode_ms_per_token"])
+    variants = [("atomic", 1, None, (4, 4, 32, 8)), ("atomic", 1, False, (4, 4, 32, 8)),
+                ("volatile", 1, None, (4, 4, 32, 8)), ("volatile", 1, None, (4, 4, 32, 16)),
+                ("volatile", 1, None, (2, 2, 32, 8)), ("volatile", 1, None, (8, 4, 32, 16))]
+    real_sm_count = persistent._sm_count
+    for spin, per_sm, sync, config in variants:
+        name = f"spin={spin},per_sm={per_sm},sync={sync},config={','.join(map(str, config))}"
+        mod = variant_module(spin)
+        mod.CONFIG, mod.SYNC = config, sync
+        mod._sm_count = lambda index, f=real_sm_count, k=per_sm: k * f(index)
+        mm.persistent = mod
+        model._stack = mod.Stack()
+        try:
+            with torch.inference_mode():
+                model.to(torch.float32)
+                configure(model, persistent_decode=True)
+                err = rel_err(forced_logits(model, None, tokens, True, start), ref)
+                model.to(torch.bfloat16)
+                configure(model, persistent_decode=True)
+            row = decode_latency(model, args.context)
+            emit(name, {"fp32_logits_vs_three_kernels": err, "ms": row["decode_ms_per_token"]})
+        except Exception as e:
+            emit(name, {"error": repr(e)[:300]})
+        finally:
+            mm.persistent = persistent
+    model._stack = persistent.Stack()
+
+
+if __name__ == "__main__":
+    main()
