@@ -148,8 +148,11 @@ def parts(adapter, prep, batch) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     def on_new_thread(fn):
+        def run():
+            with torch.inference_mode():  # thread-local: as the pipeline's model thread runs its calls
+                return fn()
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(fn).result()
+            return pool.submit(run).result()
 
     def worker_items():
         return prep(batch)
@@ -229,7 +232,8 @@ def main() -> None:
     batch = Pope.throughput_requests(cfg.eval_batch)
     with HostPrep(adapter, workers if workers is not None else default_workers(cfg.device)) as prep:
         for label, call in parts(adapter, prep, batch).items():
-            call()
+            with torch.inference_mode():  # the model's calls make inference tensors (its graphs' buffers)
+                call()
             stage(f"after {label}")
 
 

@@ -281,6 +281,52 @@ print(worst)
 """
 
 
+_PERSISTENT_CHECK = """
+import torch
+from omnibench.models.omnimamba import persistent
+from omnibench.models.omnimamba.checkpoint import tiny_config
+from omnibench.models.omnimamba.modeling_omnimamba import DecodeState, OmniMamba
+
+launches = []
+real = persistent.layers_step
+def counted(*args, **kw):
+    launches.append(1)
+    return real(*args, **kw)
+persistent.layers_step = counted
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+torch.manual_seed(0)
+model = OmniMamba(tiny_config()).eval()
+worst = 0.0
+# 4 programs: each takes several in_proj / out_proj tiles and (BLOCK_P 8) several state tiles a phase
+for config, route in (((8, 4, 32, 8), "mmu"), ((4, 8, 8, 4), "t2i")):
+    persistent.CONFIG = config
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 60, (1, 7), generator=g)
+    embeds = model.with_mmu_positions(model.text_embeddings(ids)) if route == "mmu" else model.caption_embeddings(ids)
+    start, _ = model.prefill(embeds, route)
+    out = {}
+    for name, persistent_decode, kernels in (("persistent", True, True), ("torch", False, False)):
+        model.set_kernels(kernels)
+        model.persistent_decode = persistent_decode
+        state = DecodeState([t.clone() for t in start.conv], [t.clone() for t in start.ssm], start.position.clone(), route)
+        out[name] = (torch.stack([model.step(state, ids[:, t]) for t in range(3)]), state)
+    (lp, sp), (lt, st) = out["persistent"], out["torch"]
+    worst = max(worst, rel(lp, lt), *(rel(a, b) for a, b in zip(sp.conv + sp.ssm, st.conv + st.ssm)))
+assert len(launches) == 6, launches
+print(worst)
+"""
+
+
+def test_persistent_decode_kernel_equals_the_pytorch_steps():
+    """persistent.py's whole-stack kernel (off by default), run by Triton's interpreter one launch a phase,
+    against the plain-PyTorch steps in fp32: three steps' logits and every layer's conv window and SSM
+    state, on both routes, with tile sizes that give each of the 4 programs several tiles a phase."""
+    assert interpreted(_PERSISTENT_CHECK) < 1e-5
+
+
 def test_triton_prefill_conv_equals_the_pytorch_conv():
     """The Triton prefill conv (used where causal-conv1d's CUDA extension is not built), run by Triton's
     CPU interpreter, against the PyTorch path: strided input, lengths shorter than the window, and
