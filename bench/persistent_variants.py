@@ -81,7 +81,8 @@ def main() -> None:
     emit("three_kernels", decode_latency(model, args.context)["decode_ms_per_token"])
     variants = [("atomic", 1, None, (4, 4, 32, 8)), ("atomic", 1, False, (4, 4, 32, 8)),
                 ("volatile", 1, None, (4, 4, 32, 8)), ("volatile", 1, None, (4, 4, 32, 16)),
-                ("volatile", 1, None, (2, 2, 32, 8)), ("volatile", 1, None, (8, 4, 32, 16))]
+                ("volatile", 1, None, (2, 2, 32, 8)), ("volatile", 1, None, (8, 4, 32, 16)),
+                ("volatile", 1, None, (16, 8, 32, 16))]
     real_sm_count = persistent._sm_count
     for spin, per_sm, sync, config in variants:
         name = f"spin={spin},per_sm={per_sm},sync={sync},config={','.join(map(str, config))}"
