@@ -10,7 +10,7 @@ import torch
 from omnibench.models.omnimamba import OmniMambaAdapter
 from omnibench.models.omnimamba.adapter import mmu_prompt, sample_tokens
 from omnibench.models.omnimamba.checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, tiny_base_tokenizer, tiny_config
-from omnibench.models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, load_official_state_dict, official_state_dict
+from omnibench.models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, derived, load_official_state_dict, official_state_dict
 from omnibench.models.omnimamba.ssd import ssd_chunked, ssd_sequential
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
@@ -397,6 +397,24 @@ def test_t2i_decoding_uses_image_embeddings_and_positions_like_the_training_forw
 
 
 # --- LoRA routing --------------------------------------------------------------------------------
+def test_moving_the_model_drops_every_derived_tensor():
+    """`derived` keys its cache by the sources' addresses and versions, which a parameter replaced by .to()
+    can repeat (the GPU allocator reuses freed blocks); so .to() drops the cache of every module holding
+    one, whichever module it is called on, and the next step recomputes from the new weights."""
+    m = OmniMamba(tiny_config()).eval()
+    mixer = m.lm.backbone.layers[0].mixer
+    merged = mixer.in_proj.merged("mmu")
+    derived(mixer, "A", (mixer.A_log,), lambda: -torch.exp(mixer.A_log.float()))
+    assert "_derived" in mixer.in_proj.__dict__ and "_derived" in mixer.__dict__
+    m.to(torch.float64)
+    assert "_derived" not in mixer.in_proj.__dict__ and "_derived" not in mixer.__dict__
+    again = mixer.in_proj.merged("mmu")
+    assert again.dtype == torch.float64 and torch.allclose(again.float(), merged, atol=1e-6)
+    mixer.in_proj.merged("t2i")
+    mixer.to(torch.float32)  # on the submodule alone
+    assert "_derived" not in mixer.in_proj.__dict__
+
+
 def test_lora_linear_adds_only_the_chosen_branch():
     torch.manual_seed(0)
     lin = LoRALinear(6, 5, r=2, alpha=8).double()

@@ -151,7 +151,18 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 # --- LoRA input projection -----------------------------------------------------------------------
-class LoRALinear(nn.Linear):
+class DerivedCache(nn.Module):
+    """A module holding `derived` tensors drops them whenever .to() / .cuda() / .half() replaces its
+    parameters: `derived` keys a cache by each source's address and version, and a new parameter can be
+    allocated at the address a freed one had, with the same version (the caching allocator reuses freed
+    blocks: a dtype round trip can give a layer's new weights its old weights' addresses)."""
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_derived", None)
+        return super()._apply(fn, *args, **kwargs)
+
+
+class LoRALinear(DerivedCache, nn.Linear):
     """The frozen in_proj plus one rank-r branch per task; `route` picks the branch (never both)."""
 
     def __init__(self, d_in: int, d_out: int, r: int, alpha: int):
@@ -186,7 +197,7 @@ def derived(module: nn.Module, name: str, sources: tuple[torch.Tensor, ...], com
 
 
 # --- Mamba-2 mixer ---------------------------------------------------------------------------------
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(DerivedCache):
     """mamba-ssm's `Mamba2` (d_ssm = d_inner, rmsnorm gate, no bias, conv bias) with names kept."""
 
     def __init__(self, cfg: OmniMambaConfig):
