@@ -37,6 +37,21 @@ def decode_only(model, start, tokens, persistent_decode: bool, kernels: bool) ->
     return forced_logits(model, None, tokens, kernels, start)
 
 
+def recorder(out_dir: str, name: str):
+    """(results, emit): emit(key, value) adds one result, prints it with the seconds since the start, and
+    rewrites out_dir/name with everything so far (a later crash or timeout keeps what came before)."""
+    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    t0 = time.perf_counter()
+
+    def emit(key, value):
+        out[key] = value
+        print(json.dumps({key: value, "t": round(time.perf_counter() - t0, 1)}), flush=True)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / name).write_text(json.dumps(out, indent=2))
+
+    return out, emit
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -44,13 +59,7 @@ def main() -> None:
     ap.add_argument("--configs", default="8,4,32,8;4,4,32,8;8,4,32,4;4,2,32,4;16,8,32,8",
                     help="persistent.CONFIG tuples (BLOCK_N in_proj, BLOCK_N out_proj, BLOCK_P, warps), ';'-separated")
     args = ap.parse_args()
-    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    t0 = time.perf_counter()
-
-    def emit(key, value):
-        out[key] = value
-        print(json.dumps({key: value, "t": round(time.perf_counter() - t0, 1)}), flush=True)
-
+    out, emit = recorder(args.out, "persistent_decode.json")
     model = build(torch.float32)
     configure(model, use_fused_decode=True, fold_conv=True, ssm_state_dtype="model", pdl=False)
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -120,9 +129,7 @@ def main() -> None:
         row["vs_floor"] = row["decode_ms_per_token"] / floor_ms
         rows.append(row)
         emit(f"persistent_best_{ctx}", row)
-    out["latency"] = rows
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "persistent_decode.json").write_text(json.dumps(out, indent=2))
+    emit("latency", rows)
 
 
 if __name__ == "__main__":

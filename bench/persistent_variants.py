@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from bench.omnimamba_gpu import build, clone_state, configure, decode_bytes, decode_latency, forced_logits, hbm_bandwidth, rel_err
+from bench.omnimamba_gpu import build, configure, decode_bytes, decode_latency, forced_logits, hbm_bandwidth, rel_err
+from bench.persistent_decode import recorder
 from omnibench.models.omnimamba import persistent
 
 SPIN_ATOMIC = """        while seen < target:
@@ -56,14 +55,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--context", type=int, default=1024)
     args = ap.parse_args()
-    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    t0 = time.perf_counter()
-
-    def emit(key, value):
-        out[key] = value
-        print(json.dumps({key: value, "t": round(time.perf_counter() - t0, 1)}), flush=True)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "persistent_variants.json").write_text(json.dumps(out, indent=2))
+    _, emit = recorder(args.out, "persistent_variants.json")
 
     import omnibench.models.omnimamba.modeling_omnimamba as mm
     model = build(torch.float32)
