@@ -10,7 +10,7 @@ import torch
 from omnibench.models.omnimamba import OmniMambaAdapter
 from omnibench.models.omnimamba.adapter import mmu_prompt, sample_tokens
 from omnibench.models.omnimamba.checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, tiny_base_tokenizer, tiny_config
-from omnibench.models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, derived, load_official_state_dict, official_state_dict
+from omnibench.models.omnimamba.modeling_omnimamba import LoRALinear, OmniMamba, load_official_state_dict, official_state_dict
 from omnibench.models.omnimamba.ssd import ssd_chunked, ssd_sequential
 from omnibench.data import drawn_image
 from omnibench.protocol import OmnibenchError, Request
@@ -404,7 +404,7 @@ def test_moving_the_model_drops_every_derived_tensor():
     m = OmniMamba(tiny_config()).eval()
     mixer = m.lm.backbone.layers[0].mixer
     merged = mixer.in_proj.merged("mmu")
-    derived(mixer, "A", (mixer.A_log,), lambda: -torch.exp(mixer.A_log.float()))
+    mixer.A_fp32()
     assert "_derived" in mixer.in_proj.__dict__ and "_derived" in mixer.__dict__
     m.to(torch.float64)
     assert "_derived" not in mixer.in_proj.__dict__ and "_derived" not in mixer.__dict__

@@ -273,6 +273,10 @@ class Mamba2Mixer(DerivedCache):
             ssm_state.copy_(final)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
+    def A_fp32(self) -> torch.Tensor:
+        """A = -exp(A_log) in fp32, as the decode kernels take it (computed once, see `derived`)."""
+        return derived(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log.float()))
+
     def step(self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm, route: Route, conv_state,
              ssm_state, fuse: bool = True, fold_conv: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per sample through the block: pre-norm (x + residual) then the mixer; x (b, d).
@@ -304,7 +308,7 @@ class Mamba2Mixer(DerivedCache):
             xbc = F.silu((wide(conv_state) * wide(weight)).sum(-1) + wide(self.conv1d.bias)).to(x.dtype)
         xs, B, C = self._xbc(xbc)
         if own or fast:
-            A = derived(self, "A", (self.A_log,), lambda: -torch.exp(self.A_log.float()))
+            A = self.A_fp32()
             if own:
                 y = fused.state_update(ssm_state, xs, dt, A, B, C, self.D, self.dt_bias)
             else:
@@ -603,9 +607,8 @@ class OmniMamba(nn.Module):
         layers = []
         for i, layer in enumerate(self.lm.backbone.layers):
             m = layer.mixer
-            A = derived(m, "A", (m.A_log,), lambda m=m: -torch.exp(m.A_log.float()))
             layers.append((m.in_proj.merged(state.route), layer.norm.weight, m.conv1d.weight.squeeze(1), m.conv1d.bias,
-                           A, m.D, m.dt_bias, m.norm.weight, m.out_proj.weight, state.conv[i], state.ssm[i]))
+                           m.A_fp32(), m.D, m.dt_bias, m.norm.weight, m.out_proj.weight, state.conv[i], state.ssm[i]))
         first = self.lm.backbone.layers[0]
         cfg = self.config
         return persistent.layers_step(self._stack, x, layers, d_inner=cfg.d_inner, nheads=cfg.nheads,
