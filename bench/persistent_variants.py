@@ -45,6 +45,7 @@ def variant_module(spin: str):
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f"persistent_{spin}", path)
     mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = persistent.__package__  # its relative imports (fused) resolve in the model package
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod

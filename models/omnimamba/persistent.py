@@ -32,9 +32,10 @@ otherwise. The token embedding before and the final norm + head after stay fused
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
+
+from .fused import _interpreted
 
 # Table columns: per layer, the addresses of its tensors (weights of the route, then its states).
 COLUMNS = ("w_in", "norm_w", "conv_w", "conv_b", "A", "D", "dt_bias", "gate_norm_w", "w_out", "conv_state",
@@ -43,10 +44,6 @@ COLUMNS = ("w_in", "norm_w", "conv_w", "conv_b", "A", "D", "dt_bias", "gate_norm
 # out_proj's BLOCK_N x 4096; BLOCK_P 32 makes 128 state tiles, one per program on a 132-SM card.
 CONFIG = (8, 4, 32, 8)
 SYNC: bool | None = None  # None: the one-launch kernel with barriers wherever it runs compiled (layers_step)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,7 +204,7 @@ def _sm_count(index: int | None) -> int:
 
 
 class Stack:
-    """The scratch rows and address tables of one model's persistent step (OmniMamba.persistent)."""
+    """The scratch rows and address tables of one model's persistent step (OmniMamba.persistent_decode)."""
 
     def __init__(self) -> None:
         self._tables: dict[tuple, torch.Tensor] = {}
