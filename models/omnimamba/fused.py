@@ -48,6 +48,8 @@ import os
 
 import torch
 
+from . import ssd
+
 MAX_ROWS = 8  # batch rows one GEMV program serves from the weight tile it holds
 # (BLOCK_N, num_warps) per (out_features, in_features), the fastest of bench.omnimamba_gpu's sweep on an H100
 # (in_proj 13.3 us = 2.62 TB/s, out_proj 8.2 us, text head 66.8 us = 3.08 TB/s; cuBLAS after a separate
@@ -78,6 +80,8 @@ def _capability(index: int | None) -> tuple[int, int]:
 def _gemv_kernel():
     import triton
     import triton.language as tl
+
+    ssd.triton_helpers()
 
     @triton.jit
     def norm_gemv(x_ptr, z_ptr, res_ptr, res_out_ptr, nw_ptr, w_ptr, out_ptr, conv_state_ptr, conv_w_ptr,
@@ -119,21 +123,8 @@ def _gemv_kernel():
             h = (x * rstd * nw).to(w_ptr.dtype.element_ty).to(tl.float32)
             out = tl.sum(w.to(tl.float32) * h[None, :], axis=1).to(out_ptr.dtype.element_ty)
             if CONV:
-                # The conv update of ssd.conv_update_triton, summed in its order so the two agree bit
-                # for bit: shift the row's window left, append the raw (rounded) feature, bias + dot, SiLU.
-                win = conv_state_ptr + m * stride_conv_state + c * 4
-                s1 = tl.load(win + 1, mask=c_ok, other=0.0)
-                s2 = tl.load(win + 2, mask=c_ok, other=0.0)
-                s3 = tl.load(win + 3, mask=c_ok, other=0.0)
-                acc = cb + s1.to(tl.float32) * cw0
-                acc += s2.to(tl.float32) * cw1
-                acc += s3.to(tl.float32) * cw2
-                acc += out.to(tl.float32) * cw3
-                tl.store(win, s1, mask=c_ok)
-                tl.store(win + 1, s2, mask=c_ok)
-                tl.store(win + 2, s3, mask=c_ok)
-                tl.store(win + 3, out.to(s1.dtype), mask=c_ok)
-                acc = acc * tl.sigmoid(acc)
+                # ssd.conv_step: the conv update conv_update_triton makes (they agree bit for bit)
+                acc = ssd.conv_step(conv_state_ptr + m * stride_conv_state + c * 4, cw0, cw1, cw2, cw3, cb, out, c_ok)
                 out = tl.where(c_ok, acc.to(out_ptr.dtype.element_ty), out)
             tl.store(out_ptr + m * stride_out + n, out, mask=n_ok)
 

@@ -35,6 +35,7 @@ import functools
 
 import torch
 
+from . import ssd
 from .fused import _interpreted
 
 # Table columns: per layer, the addresses of its tensors (weights of the route, then its states).
@@ -50,6 +51,8 @@ SYNC: bool | None = None  # None: the one-launch kernel with barriers wherever i
 def _kernel():
     import triton
     import triton.language as tl
+
+    ssd.triton_helpers()
 
     @triton.jit
     def grid_sync(sync_ptr, target):
@@ -113,21 +116,13 @@ def _kernel():
                     c = n - DI  # xBC features are conv channels
                     c_ok = n_ok & (n >= DI) & (n < DI + conv_dim)
                     cw = conv_w_ptr + c * 4
-                    win = conv_state_ptr + c * 4
-                    s1 = tl.load(win + 1, mask=c_ok, other=0.0)
-                    s2 = tl.load(win + 2, mask=c_ok, other=0.0)
-                    s3 = tl.load(win + 3, mask=c_ok, other=0.0)
-                    # ssd.conv_update_triton's order, as fused.py's epilogue
-                    acc = tl.load(conv_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32) + \
-                        s1.to(tl.float32) * tl.load(cw, mask=c_ok, other=0.0).to(tl.float32)
-                    acc += s2.to(tl.float32) * tl.load(cw + 1, mask=c_ok, other=0.0).to(tl.float32)
-                    acc += s3.to(tl.float32) * tl.load(cw + 2, mask=c_ok, other=0.0).to(tl.float32)
-                    acc += out.to(tl.float32) * tl.load(cw + 3, mask=c_ok, other=0.0).to(tl.float32)
-                    tl.store(win, s1, mask=c_ok)
-                    tl.store(win + 1, s2, mask=c_ok)
-                    tl.store(win + 2, s3, mask=c_ok)
-                    tl.store(win + 3, out.to(s1.dtype), mask=c_ok)
-                    acc = acc * tl.sigmoid(acc)
+                    # ssd.conv_step: as fused.py's epilogue
+                    acc = ssd.conv_step(conv_state_ptr + c * 4,
+                                    tl.load(cw, mask=c_ok, other=0.0).to(tl.float32),
+                                    tl.load(cw + 1, mask=c_ok, other=0.0).to(tl.float32),
+                                    tl.load(cw + 2, mask=c_ok, other=0.0).to(tl.float32),
+                                    tl.load(cw + 3, mask=c_ok, other=0.0).to(tl.float32),
+                                    tl.load(conv_b_ptr + c, mask=c_ok, other=0.0).to(tl.float32), out, c_ok)
                     out = tl.where(c_ok, acc.to(mt), out)
                     tl.store(zxbcdt_ptr + n, out, mask=n_ok)
                     w = w_next

@@ -111,34 +111,40 @@ def kernels() -> SimpleNamespace:
                            conv1d_update=causal_conv1d_update or conv_update_triton)
 
 
+# triton_conv.conv_step, the width-4 conv update of one token as a `@triton.jit` helper, once
+# `triton_helpers()` has run (triton is imported lazily). conv_update_triton, fused.py's in_proj epilogue
+# and the persistent kernel all call it, so the three sum in one order and agree bit for bit. A module
+# global, not a closure variable: Triton's interpreter resolves a kernel's names in its module's globals.
+conv_step = None
+
+
+def triton_helpers() -> None:
+    global conv_step
+    from .triton_conv import conv_step
+
+
 @functools.lru_cache(maxsize=None)
 def _conv_update_kernel():
     import triton
     import triton.language as tl
 
+    triton_helpers()
+
     @triton.jit
     def conv_update(x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, channels, stride_x, stride_state, stride_out,
                     BLOCK: tl.constexpr):
-        # Width-4 depthwise causal conv, one token: shift the window left, append x, dot, bias, SiLU.
+        # Width-4 depthwise causal conv, one token (conv_step).
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < channels
-        win = state_ptr + row * stride_state + cols * 4
-        s1 = tl.load(win + 1, mask=mask, other=0.0)
-        s2 = tl.load(win + 2, mask=mask, other=0.0)
-        s3 = tl.load(win + 3, mask=mask, other=0.0)
         x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
         w = w_ptr + cols * 4
-        acc = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        acc += s1.to(tl.float32) * tl.load(w, mask=mask, other=0.0).to(tl.float32)
-        acc += s2.to(tl.float32) * tl.load(w + 1, mask=mask, other=0.0).to(tl.float32)
-        acc += s3.to(tl.float32) * tl.load(w + 2, mask=mask, other=0.0).to(tl.float32)
-        acc += x.to(tl.float32) * tl.load(w + 3, mask=mask, other=0.0).to(tl.float32)
-        tl.store(win, s1, mask=mask)
-        tl.store(win + 1, s2, mask=mask)
-        tl.store(win + 2, s3, mask=mask)
-        tl.store(win + 3, x.to(s1.dtype), mask=mask)
-        acc = acc * tl.sigmoid(acc)
+        acc = conv_step(state_ptr + row * stride_state + cols * 4,
+                        tl.load(w, mask=mask, other=0.0).to(tl.float32),
+                        tl.load(w + 1, mask=mask, other=0.0).to(tl.float32),
+                        tl.load(w + 2, mask=mask, other=0.0).to(tl.float32),
+                        tl.load(w + 3, mask=mask, other=0.0).to(tl.float32),
+                        tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32), x, mask)
         tl.store(out_ptr + row * stride_out + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
     return conv_update
