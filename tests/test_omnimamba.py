@@ -327,6 +327,24 @@ def test_persistent_decode_kernel_equals_the_pytorch_steps():
     assert interpreted(_PERSISTENT_CHECK) < 1e-5
 
 
+def test_pipelined_persistent_variant_of_the_bench_equals_the_pytorch_steps():
+    """bench.persistent_variants' `+pipelined` source (tile loops as tl.range with stages; the interpreter
+    runs them as plain loops) still computes the PyTorch steps: its substitutions keep the kernel whole."""
+    from bench.persistent_variants import variant_source
+
+    src = variant_source("volatile+pipelined")
+    assert src.count("tl.range(pid,") == 3 and "volatile=True" in src
+    script = _PERSISTENT_CHECK.replace(
+        "from omnibench.models.omnimamba import persistent\n",
+        "from bench.persistent_variants import variant_module\n"
+        "import omnibench.models.omnimamba.modeling_omnimamba as mm\n"
+        "persistent = mm.persistent = variant_module('volatile+pipelined')\n")
+    script = script.replace("model = OmniMamba(tiny_config()).eval()\n",
+                            "model = OmniMamba(tiny_config()).eval()\nmodel._stack = persistent.Stack()\n")
+    assert script.count("variant_module") == 2 and "persistent.Stack()" in script
+    assert interpreted(script) < 1e-5
+
+
 def test_triton_prefill_conv_equals_the_pytorch_conv():
     """The Triton prefill conv (used where causal-conv1d's CUDA extension is not built), run by Triton's
     CPU interpreter, against the PyTorch path: strided input, lengths shorter than the window, and
