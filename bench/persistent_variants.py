@@ -50,10 +50,10 @@ VARIANT_SETS = {
           ("volatile", 1, None, (2, 2, 32, 8)), ("volatile", 1, None, (8, 4, 32, 16)),
           ("volatile", 1, None, (16, 8, 32, 16))],
     # Without barriers only (per_sm > 1 with a barrier can hang), then the pipelined loops.
-    "programs": [("atomic", 2, False, (4, 4, 32, 8)), ("atomic", 4, False, (4, 4, 32, 4)),
-                 ("atomic", 8, False, (4, 4, 32, 4)), ("atomic", 4, False, (8, 4, 32, 4)),
-                 ("atomic", 4, False, (2, 2, 32, 4)), ("atomic+pipelined", 1, None, (4, 4, 32, 8)),
-                 ("atomic+pipelined", 1, False, (4, 4, 32, 8)), ("atomic+pipelined", 4, False, (4, 4, 32, 4)),
+    "programs": [("atomic", 4, False, (4, 4, 32, 4)), ("atomic+pipelined", 1, None, (4, 4, 32, 8)),
+                 ("atomic", 8, False, (4, 4, 32, 4)), ("atomic", 2, False, (4, 4, 32, 8)),
+                 ("atomic+pipelined", 4, False, (4, 4, 32, 4)), ("atomic", 4, False, (8, 4, 32, 4)),
+                 ("atomic", 4, False, (2, 2, 32, 4)), ("atomic+pipelined", 1, False, (4, 4, 32, 8)),
                  ("volatile+pipelined", 1, None, (8, 4, 32, 8))],
 }
 
