@@ -6,7 +6,8 @@
 # .gpu/done_lines.txt`); later calls continue from /tmp/speed (or, on a fresh machine, from the store the last
 # call returned, copied to .gpu/). Once per machine, before any point, `bench.kernel_check` runs the decode
 # kernels compiled on this GPU against the PyTorch path; if they fail, the kernels of 25b46eb (before the
-# shared conv helper; copies in .gpu/pre_D1/) are put back, on this and every later call, and the log says so.
+# shared conv helper; copies in .gpu/pre_D1/, made by `git show 25b46eb:models/omnimamba/F.py` for F = fused,
+# persistent, ssd) are put back, on this and every later call, and the log says so.
 set -x
 exec > $OUT/callM$1.log 2>&1
 nvidia-smi --query-gpu=name,uuid,driver_version --format=csv,noheader
