@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "largest that fits, from 64 down, halved on out-of-memory)")
     p.add_argument("--prep_workers", type=int, default=None, help="processes that resize images and tokenize "
                    "the next batch while the model answers this one (default: up to 8 on a GPU, 0 on CPU; 0: "
-                   "in the main process). Answers do not depend on it")
+                   "in the main process); for an image task, the threads that write a batch's images. Answers do not "
+                   "depend on it")
     p.add_argument("--gen_kwargs", default="", help="generation settings for every task, as lmms-eval: "
                    "max_new_tokens=N (greedy decoding only)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")

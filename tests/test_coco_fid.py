@@ -70,11 +70,11 @@ class ReferenceCopier(ModelAdapter):
         return out
 
 
-def run(tmp_path, task_args, adapter, limit=None, resume=False, task_class=CocoFid, monkeypatch=None):
+def run(tmp_path, task_args, adapter, limit=None, resume=False, task_class=CocoFid, monkeypatch=None, prep_workers=None):
     monkeypatch.setattr(registry, "get_task_class", lambda name: task_class)
     monkeypatch.setattr(registry, "get_model_class", lambda name: type(adapter))
     cfg = RunConfig(model="copier", tasks=["coco_fid30k"], task_args=task_args, limit=limit, batch_size=2,
-                    output_path=str(tmp_path / "out"), resume=resume, log_samples=True)
+                    output_path=str(tmp_path / "out"), resume=resume, log_samples=True, prep_workers=prep_workers)
     return Runner(cfg, lambda: adapter).run()
 
 
@@ -202,6 +202,36 @@ def test_failed_sample_is_left_out_of_fid_and_counted(tmp_path, monkeypatch, che
     assert m["fid"] > 0 and np.isfinite(m["fid"])
     assert out["headline"]["coco_fid30k"] == {"table": "table2_fid", "column": "FID-30K", "metric": "fid", "scale": 1.0}
     assert "FID-30K" in (Path(tmp_path / "out") / f"copier_{out['config_hash']}" / "report.md").read_text()
+
+
+def test_a_batchs_images_are_written_by_several_threads_in_order(tmp_path, monkeypatch, cheap_fid):
+    """With host workers (a GPU run) the PNGs of a batch are encoded at once, not one after another: each
+    save waits until the other image of its batch of 2 is being saved too (serial saves would time out),
+    and every record still names its own image and that file's sha256."""
+    import threading
+
+    captions, images = write_coco(tmp_path, n_images=4, size=(16, 16))
+    meet = threading.Barrier(2, timeout=20)
+    real_save = Image.Image.save
+
+    def save(self, fp, *args, **kw):
+        if str(fp).endswith(".png") and "images" in str(fp):
+            meet.wait()
+        return real_save(self, fp, *args, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = run(tmp_path, {"captions": captions, "images": images, "ref_size": "16", "fid_workers": "0"},
+              ReferenceCopier(files_of(captions, images), 16), monkeypatch=monkeypatch, prep_workers=2)
+    assert out["results"]["coco_fid30k"]["fid_images"] == 4.0 and meet.n_waiting == 0 and not meet.broken
+    run_dir = Path(tmp_path / "out") / f"copier_{out['config_hash']}"
+    records = [json.loads(line) for line in (run_dir / "samples_coco_fid30k.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert r["output"] == f"images/coco_fid30k/{r['sample_id']}.png"
+        assert hashlib.sha256((run_dir / r["output"]).read_bytes()).hexdigest() == r["image_sha256"]
+        image_id = int(r["sample_id"].split("_")[0])
+        expected = fid.square(Image.open(files_of(captions, images)[image_id]).convert("RGB"), 16)
+        assert np.array_equal(np.asarray(Image.open(run_dir / r["output"]).convert("RGB")), np.asarray(expected))
 
 
 def test_resume_redraws_images_whose_records_are_lost(tmp_path, monkeypatch, cheap_fid):
