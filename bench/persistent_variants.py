@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--set", choices=sorted(VARIANT_SETS), default="k", help="which variants (module docstring)")
     args = ap.parse_args()
+    for spin, per_sm, sync, _ in VARIANT_SETS[args.set]:  # before any GPU time is spent
+        assert per_sm == 1 or sync is False, "more programs than SMs with a barrier can hang the GPU"
     _, emit = recorder(args.out, f"persistent_variants{'' if args.set == 'k' else '_' + args.set}.json")
 
     import omnibench.models.omnimamba.modeling_omnimamba as mm
@@ -109,8 +111,6 @@ def main() -> None:
     configure(model, persistent_decode=False)
     emit("three_kernels", decode_latency(model, args.context)["decode_ms_per_token"])
     variants = VARIANT_SETS[args.set]
-    for spin, per_sm, sync, _ in variants:
-        assert per_sm == 1 or sync is False, "more programs than SMs with a barrier can hang the GPU"
     real_sm_count = persistent._sm_count
     for spin, per_sm, sync, config in variants:
         name = f"spin={spin},per_sm={per_sm},sync={sync},config={','.join(map(str, config))}"
