@@ -521,6 +521,35 @@ def test_checkpoint_round_trip_keeps_every_official_tensor_and_the_outputs(tmp_p
         assert torch.allclose(original(emb, "mmu"), loaded(emb, "mmu"), atol=1e-6)
 
 
+# transformers before 5.18 (5.17 on the GPU machines) names DINOv2's attention as below; since 5.18 as
+# attention.{q,k,v}_proj / attention.o_proj (read in transformers 5.17's modeling_dinov2_with_registers.py).
+LEGACY_DINO_ATTENTION = {"attention.q_proj.": "attention.attention.query.", "attention.k_proj.": "attention.attention.key.",
+                         "attention.v_proj.": "attention.attention.value.", "attention.o_proj.": "attention.output.dense."}
+
+
+def test_the_tower_names_map_reads_and_writes_transformers_older_dinov2_attention_names():
+    from omnibench.models.common.timm_names import dino_layout, hf_to_timm, timm_to_hf
+
+    torch.manual_seed(3)
+    model = OmniMamba(tiny_config()).eval()
+    n = model.config.vision.dino_layers
+    hf = model.vision_backbone.dino_featurizer.state_dict()
+    legacy = {}
+    for key, val in hf.items():
+        for new, old in LEGACY_DINO_ATTENTION.items():
+            key = key.replace(new, old)
+        legacy[key] = val
+    assert any(".attention.attention.query." in k for k in legacy) and legacy.keys() != hf.keys()
+    assert dino_layout(hf) == "proj" and dino_layout(legacy) == "legacy"
+    timm = hf_to_timm(hf, "dino", n)
+    from_legacy = hf_to_timm(legacy, "dino", n)  # the checkpoint written under either version is the same
+    assert timm.keys() == from_legacy.keys() and all(torch.equal(timm[k], from_legacy[k]) for k in timm)
+    back = timm_to_hf(timm, "dino", n, "legacy")
+    assert back.keys() == legacy.keys() and all(torch.equal(back[k], legacy[k]) for k in legacy)
+    back = timm_to_hf(timm, "dino", n)
+    assert back.keys() == hf.keys() and all(torch.equal(back[k], hf[k]) for k in hf)
+
+
 @pytest.mark.parametrize("change,needle", [
     ("drop", "llm_backbone.mamba.backbone.layers.1.mixer.A_log"),
     ("extra", "llm_backbone.mamba.backbone.layers.0.mixer.in_proj.mmu_lora_A1.weight"),

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import torch
 
-# Per-block renames (timm suffix -> transformers suffix); the fused qkv is handled separately.
-_DINO_BLOCK = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
-               "mlp.fc2": "mlp.fc2"}
+# Per-block renames (timm suffix -> transformers suffix); the fused qkv is handled separately, and so is
+# DINOv2's attention projection, whose name depends on the transformers version (DINO_LAYOUTS).
+_DINO_BLOCK = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+# transformers 5.18 renamed DINOv2's attention: before it, `attention.attention.{query,key,value}` and
+# `attention.output.dense`; since, `attention.{q,k,v}_proj` and `attention.o_proj`. layout -> (q, k, v
+# names, output projection name).
+DINO_LAYOUTS = {"proj": (("attention.q_proj", "attention.k_proj", "attention.v_proj"), "attention.o_proj"),
+                "legacy": (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+                           "attention.output.dense")}
+_SIGLIP_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _SIGLIP_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj",
                  "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
 _DINO_TOP = {"patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
@@ -24,11 +31,23 @@ _SIGLIP_TOP = {"patch_embed.proj.weight": "embeddings.patch_embedding.weight",
                "attn_pool.mlp.fc2.bias": "head.mlp.fc2.bias"}
 
 
-def _tower_names(tower: str, n_layers: int) -> dict[str, str]:
+def dino_layout(hf_keys) -> str:
+    """Which of DINO_LAYOUTS transformers' DINOv2 keys (a state dict or its keys) are in."""
+    legacy = DINO_LAYOUTS["legacy"][0][0] + ".weight"
+    return "legacy" if any(k.endswith(legacy) for k in hf_keys) else "proj"
+
+
+def _qkv_names(tower: str, layout: str) -> tuple[str, str, str]:
+    return DINO_LAYOUTS[layout][0] if tower == "dino" else _SIGLIP_QKV
+
+
+def _tower_names(tower: str, n_layers: int, layout: str) -> dict[str, str]:
     """timm key -> transformers key, for every key that is a plain rename."""
     dino = tower == "dino"
     names = dict(_DINO_TOP if dino else _SIGLIP_TOP)
     block, prefix = (_DINO_BLOCK, "encoder.layer") if dino else (_SIGLIP_BLOCK, "encoder.layers")
+    if dino:
+        block = {**block, "attn.proj": DINO_LAYOUTS[layout][1]}
     for i in range(n_layers):
         for src, dst in block.items():
             for leaf in ("weight", "bias"):
@@ -39,11 +58,12 @@ def _tower_names(tower: str, n_layers: int) -> dict[str, str]:
     return names
 
 
-def timm_to_hf(sd: dict[str, torch.Tensor], tower: str, n_layers: int) -> dict[str, torch.Tensor]:
-    """One tower's timm state dict (prefix stripped) -> transformers names. Keys it does not know are
-    passed through unchanged, so the strict load that follows names them."""
-    names = _tower_names(tower, n_layers)
-    qkv = "attention.{}_proj" if tower == "dino" else "self_attn.{}_proj"
+def timm_to_hf(sd: dict[str, torch.Tensor], tower: str, n_layers: int, layout: str = "proj") -> dict[str, torch.Tensor]:
+    """One tower's timm state dict (prefix stripped) -> transformers names, in `layout` (DINO_LAYOUTS: the
+    model's own, `dino_layout(model.state_dict())`). Keys it does not know are passed through unchanged,
+    so the strict load that follows names them."""
+    names = _tower_names(tower, n_layers, layout)
+    qkv = _qkv_names(tower, layout)
     layer = "encoder.layer" if tower == "dino" else "encoder.layers"
     out: dict[str, torch.Tensor] = {}
     for key, val in sd.items():
@@ -51,8 +71,8 @@ def timm_to_hf(sd: dict[str, torch.Tensor], tower: str, n_layers: int) -> dict[s
         if key in names:
             out[names[key]] = val
         elif len(parts) == 5 and parts[0] == "blocks" and parts[2:4] == ["attn", "qkv"]:
-            for name, chunk in zip("qkv", val.chunk(3, dim=0)):
-                out[f"{layer}.{parts[1]}.{qkv.format(name)}.{parts[4]}"] = chunk
+            for name, chunk in zip(qkv, val.chunk(3, dim=0)):
+                out[f"{layer}.{parts[1]}.{name}.{parts[4]}"] = chunk
         elif key == "pos_embed" and tower == "dino":
             # timm's reg4 DINOv2 adds no position to the cls token (no_embed_class); HF keeps a cls row.
             out["embeddings.position_embeddings"] = torch.cat([torch.zeros_like(val[:, :1]), val], dim=1)
@@ -73,9 +93,10 @@ def timm_to_hf(sd: dict[str, torch.Tensor], tower: str, n_layers: int) -> dict[s
 
 
 def hf_to_timm(sd: dict[str, torch.Tensor], tower: str, n_layers: int) -> dict[str, torch.Tensor]:
-    """The inverse of `timm_to_hf`, for writing checkpoints under upstream's names."""
-    back = {v: k for k, v in _tower_names(tower, n_layers).items()}
-    qkv = "attention.{}_proj" if tower == "dino" else "self_attn.{}_proj"
+    """The inverse of `timm_to_hf`, for writing checkpoints under upstream's names; `sd` in either layout."""
+    layout = dino_layout(sd)
+    back = {v: k for k, v in _tower_names(tower, n_layers, layout).items()}
+    qkv = _qkv_names(tower, layout)
     layer = "encoder.layer" if tower == "dino" else "encoder.layers"
     out: dict[str, torch.Tensor] = {}
     for key, val in sd.items():
@@ -84,7 +105,7 @@ def hf_to_timm(sd: dict[str, torch.Tensor], tower: str, n_layers: int) -> dict[s
     for i in range(n_layers):
         for leaf in ("weight", "bias"):
             out[f"blocks.{i}.attn.qkv.{leaf}"] = torch.cat(
-                [sd[f"{layer}.{i}.{qkv.format(n)}.{leaf}"] for n in "qkv"], dim=0)
+                [sd[f"{layer}.{i}.{name}.{leaf}"] for name in qkv], dim=0)
     if tower == "dino":
         out["pos_embed"] = sd["embeddings.position_embeddings"][:, 1:]
     else:

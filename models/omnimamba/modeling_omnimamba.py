@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omnibench.models.common.graphs import GraphPool
-from omnibench.models.common.timm_names import hf_to_timm, timm_to_hf
+from omnibench.models.common.timm_names import dino_layout, hf_to_timm, timm_to_hf
 
 from . import fused, persistent
 from .fused import fused_available
@@ -697,8 +697,10 @@ def load_official_state_dict(model: OmniMamba, sd: dict[str, torch.Tensor]) -> N
         if tuple(sd[key].shape) != tuple(val.shape):
             raise ValueError(f"checkpoint key {key} has shape {tuple(sd[key].shape)}, the model expects {tuple(val.shape)}")
     ours = dict(sd)
+    layout = dino_layout(model.state_dict())  # transformers' names for DINOv2's attention, by version
     for prefix, (tower, n) in _TOWERS.items():
         inside, ours = _split_tower(ours, prefix)
-        ours.update({prefix + k: v for k, v in timm_to_hf(inside, tower, getattr(model.config.vision, n)).items()})
+        ours.update({prefix + k: v for k, v in timm_to_hf(inside, tower, getattr(model.config.vision, n),
+                                                           layout).items()})
     model.load_state_dict(ours, strict=True)
     model.lm.tie_weights()
