@@ -6,7 +6,7 @@ the reference images, generate one 256 px image a prompt at --batch_size (PNG wr
 Inception features of the reference images and of the generated ones, and the FID. The FID value itself
 means nothing (random weights, drawn images); the wall-clock and where it went do.
 
-    python -m bench.fid_end_to_end --out $OUT --work /tmp/fid --prompts 6000 --inception <default_1.pt>
+    python -m bench.fid_end_to_end --out $OUT --work /tmp/fid --prompts 3000 --dtype bfloat16 --inception <default_1.pt>
 
 Writes fid_end_to_end.json (the run's wall-clock, when its first and last image were written, the
 results file) and fid_end_to_end.log (the runner's output) into --out.
@@ -88,11 +88,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--inception", required=True, help="NVIDIA's Inception TorchScript (fid-helper's default_1.pt)")
+    ap.add_argument("--dtype", default="auto", help="run_eval.py's --dtype (auto: float32 for OmniMamba, as upstream)")
     ap.add_argument("--tiny", action="store_true", help="the tiny preset on the CPU: a smoke run of this script")
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"prompts": args.prompts, "batch_size": args.batch_size, "image_size": [WIDTH, HEIGHT]}
+    result: dict = {"prompts": args.prompts, "batch_size": args.batch_size, "dtype": args.dtype,
+                    "reference_image_size": [WIDTH, HEIGHT]}
     t0 = time.perf_counter()
     captions, images = write_coco(work / "coco", args.prompts)
     result["write_data_s"] = time.perf_counter() - t0
@@ -107,7 +109,7 @@ def main() -> None:
     cmd = [sys.executable, "run_eval.py", "--model", "omnimamba", "--model_args", model_args,
            "--tasks", "coco_fid30k", "--task_args",
            f"captions={captions},images={images},num_prompts={args.prompts},inception={args.inception}",
-           "--batch_size", str(args.batch_size), "--device", device, "--output_path", str(work / "runs")]
+           "--batch_size", str(args.batch_size), "--device", device, "--dtype", args.dtype, "--output_path", str(work / "runs")]
     result["command"] = " ".join(cmd)
     start = time.time()
     with open(out / "fid_end_to_end.log", "w") as log:

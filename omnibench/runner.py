@@ -333,9 +333,17 @@ class Runner:
         if pending:
             reqs = [req for _, _, req, _ in pending]
             items = reqs if task.output_type == "image" else self._prepared(reqs)
-            # The batch in flight is on disk before this one starts (a few ms of fsync between two calls).
-            self._save_finished(self.ahead.swap(None), cache, bar)
-            self.ahead.swap(lambda: self._run_batch(task, pending, items, scoring), len(pending))
+            run = lambda: self._run_batch(task, pending, items, scoring)  # noqa: E731
+            if task.output_type == "image":
+                # This batch starts as soon as the model is free; the batch before's images are written
+                # meanwhile (tens of ms of PNG encoding a batch), then its records, each saved only once its
+                # image is on disk: a crash in between leaves images without records, which a resumed run
+                # draws again (`_stale`).
+                self._save_finished(self.ahead.swap(run, len(pending)), cache, bar)
+            else:
+                # The batch in flight is on disk before this one starts (a few ms of fsync between two calls).
+                self._save_finished(self.ahead.swap(None), cache, bar)
+                self.ahead.swap(run, len(pending))
 
     def _prepared(self, reqs: list[Request]) -> list[Any]:
         """The adapter's host-side preparation of a batch, in `prep_workers` processes (omnibench.prep)."""
@@ -346,6 +354,8 @@ class Runner:
     def _save_finished(self, finished: tuple[int, list[dict[str, Any]]] | None, cache: SampleCache, bar: tqdm) -> None:
         if finished is not None:
             count, records = finished
+            if callable(records):  # an image batch's records, once its images are written (_run_batch)
+                records = records()
             self._save(records, cache)
             bar.update(count)
 
@@ -371,27 +381,37 @@ class Runner:
             raise
 
     def _run_batch(self, task: Task, batch: list[tuple[int, Doc, Request, str]], items: list[Any],
-                   scoring: str) -> list[dict[str, Any]]:
+                   scoring: str) -> list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]:
+        """The batch's records; for an image task, a function that returns them once the images, whose
+        writes this starts (`_save_images`), are on disk."""
         outputs = self._answer(task, items)
-        saved = self._save_images(task, [doc.doc_id for _, doc, _, _ in batch], outputs) \
-            if task.output_type == "image" else None
-        records = []
-        for k, ((i, doc, req, sha), output) in enumerate(zip(batch, outputs)):
-            extra = {}
-            if saved is not None:
-                output, extra["image_sha256"] = saved[k]
-            records.append({**self._record(task, doc, i, req.prompt, output, None, sha, scoring), **extra})
-        return records
 
-    def _save_images(self, task: Task, sample_ids: list[str], images: list[Any]) -> list[tuple[str, str]]:
-        """A batch's images written (`_save_image`), in order. With host workers (`prep_workers`, on a GPU)
-        that many threads encode them at once: PNG encoding takes ~10 ms an image on one core (zlib releases
-        the GIL), and the next model call waits for this batch to be on disk."""
+        def records(saved: list[tuple[str, str]] | None) -> list[dict[str, Any]]:
+            out = []
+            for k, ((i, doc, req, sha), output) in enumerate(zip(batch, outputs)):
+                extra = {}
+                if saved is not None:
+                    output, extra["image_sha256"] = saved[k]
+                out.append({**self._record(task, doc, i, req.prompt, output, None, sha, scoring), **extra})
+            return out
+
+        if task.output_type != "image":
+            return records(None)
+        writes = self._save_images(task, [doc.doc_id for _, doc, _, _ in batch], outputs)
+        return lambda: records(writes())
+
+    def _save_images(self, task: Task, sample_ids: list[str], images: list[Any]) -> Callable[[], list[tuple[str, str]]]:
+        """Start writing a batch's images (`_save_image`); returns a function that waits for them and gives
+        each one's path and sha256, in order. With host workers (`prep_workers`, on a GPU) that many threads
+        encode them at once while the next batch runs (PNG encoding takes ~10 ms an image on one core; zlib
+        releases the GIL); without, they are written here, one after another."""
         if self.prep_workers <= 1 or len(images) <= 1:
-            return [self._save_image(task, s, image) for s, image in zip(sample_ids, images)]
+            saved = [self._save_image(task, s, image) for s, image in zip(sample_ids, images)]
+            return lambda: saved
         if self._writers is None:
             self._writers = ThreadPoolExecutor(self.prep_workers, thread_name_prefix="omnibench-image-writer")
-        return list(self._writers.map(lambda pair: self._save_image(task, *pair), zip(sample_ids, images)))
+        futures = [self._writers.submit(self._save_image, task, s, image) for s, image in zip(sample_ids, images)]
+        return lambda: [f.result() for f in futures]
 
     def _answer(self, task: Task, reqs: list[Any]) -> list[Any]:
         """The model's outputs for `reqs` (requests, or their prepared items), `self.batch_size` at a time. With --batch_size auto, a call that

@@ -234,6 +234,70 @@ def test_a_batchs_images_are_written_by_several_threads_in_order(tmp_path, monke
         assert np.array_equal(np.asarray(Image.open(run_dir / r["output"]).convert("RGB")), np.asarray(expected))
 
 
+def test_the_next_batch_is_generated_while_the_batch_before_is_written(tmp_path, monkeypatch, cheap_fid):
+    """With host workers (a GPU run) the model does not wait for PNG encoding: the first batch's images are
+    still being written when the second batch's model call starts (serial, each save would time out
+    waiting for that call), and every record is saved only with its image on disk, with that file's sha256."""
+    import threading
+
+    captions, images = write_coco(tmp_path, n_images=4, size=(16, 16))
+    second_call = threading.Event()
+    copier = ReferenceCopier(files_of(captions, images), 16)
+    real_generate, real_save = copier.generate_images, Image.Image.save
+
+    first_batch: list[str] = []
+
+    def generate_images(requests):
+        if copier.calls:  # the second batch
+            second_call.set()
+        else:
+            first_batch.extend(r.sample_id for r in requests)
+        return real_generate(requests)
+
+    waited = []
+
+    def save(self, fp, *args, **kw):
+        if "images" in str(fp) and Path(fp).name.split(".")[0] in first_batch:
+            waited.append(second_call.wait(timeout=20))
+        return real_save(self, fp, *args, **kw)
+
+    copier.generate_images = generate_images
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = run(tmp_path, {"captions": captions, "images": images, "ref_size": "16", "fid_workers": "0"}, copier,
+              monkeypatch=monkeypatch, prep_workers=2)
+    assert waited == [True, True]  # the first batch's two images, both written after the second call began
+    assert out["results"]["coco_fid30k"]["fid_images"] == 4.0
+    run_dir = Path(tmp_path / "out") / f"copier_{out['config_hash']}"
+    records = [json.loads(line) for line in (run_dir / "samples_coco_fid30k.jsonl").read_text().splitlines()]
+    assert sorted(r["sample_id"] for r in records) == sorted(copier.calls) and len(records) == 4
+    for r in records:
+        assert hashlib.sha256((run_dir / r["output"]).read_bytes()).hexdigest() == r["image_sha256"]
+
+
+def test_a_failed_batch_keeps_the_batch_before_and_its_images(tmp_path, monkeypatch, cheap_fid):
+    """The second batch fails while the first one's images are being written: the first batch's records
+    are saved with their images, and a resumed run generates only the rest."""
+    captions, images = write_coco(tmp_path, n_images=4, size=(16, 16))
+    args = {"captions": captions, "images": images, "ref_size": "16", "fid_workers": "0"}
+    copier = ReferenceCopier(files_of(captions, images), 16)
+    real_generate = copier.generate_images
+
+    def generate_images(requests):
+        if copier.calls:
+            raise RuntimeError("device lost")
+        return real_generate(requests)
+
+    copier.generate_images = generate_images
+    with pytest.raises(RuntimeError, match="device lost"):
+        run(tmp_path, args, copier, monkeypatch=monkeypatch, prep_workers=2)
+    first = list(copier.calls)
+    assert len(first) == 2
+    again = ReferenceCopier(files_of(captions, images), 16)
+    out = run(tmp_path, args, again, resume=True, monkeypatch=monkeypatch, prep_workers=2)
+    assert len(again.calls) == 2 and not set(again.calls) & set(first)
+    assert out["results"]["coco_fid30k"]["fid_images"] == 4.0
+
+
 def test_resume_redraws_images_whose_records_are_lost(tmp_path, monkeypatch, cheap_fid):
     captions, images = write_coco(tmp_path, n_images=6, size=(16, 16))
     args = {"captions": captions, "images": images, "ref_size": "16", "fid_workers": "0"}
