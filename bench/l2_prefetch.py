@@ -145,7 +145,7 @@ def gemv_alone(model, mode: str, programs: int) -> dict:
 
 @torch.inference_mode()
 def rows_check(model, rows: int) -> dict:
-    """fused.py's CUDA-core norm GEMVs at `rows` rows (the model takes them up to fused.MAX_ROWS = 8; at 16,
+    """fused.py's CUDA-core norm GEMVs at `rows` rows (the model took them up to 8 rows when this ran; at 16,
     text to image, it runs a norm kernel + cuBLAS + the conv kernel, and the gated norm + cuBLAS), each
     call on the next of 48 layers' matrices in a CUDA graph, microseconds a call, and the difference."""
     from omnibench.models.omnimamba.modeling_omnimamba import add_rms_norm, conv_update_triton

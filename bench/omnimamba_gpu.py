@@ -97,7 +97,7 @@ def decode_kernel_checks(cfg: OmniMambaConfig, device: str = "cuda", timed: bool
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         worst, windows_equal = 0.0, True
-        for rows in (1, 3, fused.MAX_ROWS):
+        for rows in (1, 3, fused.KERNEL_ROWS):
             x, res, nw = randn(rows, k, dtype=dtype), randn(rows, k), (randn(k).abs() + 0.5).to(dtype)
             w, window = (randn(n, k) * k ** -0.5).to(dtype), randn(rows, c, 4, dtype=dtype)
             cw, cb = (randn(c, 4) * 0.5).to(dtype), randn(c, dtype=dtype)
@@ -238,7 +238,7 @@ def gemv_sweep() -> dict:
 
 @torch.inference_mode()
 def fused_rows_check() -> dict:
-    """Fused kernels against the unfused ops for every batch size they take (1..MAX_ROWS), bf16, at the
+    """Fused kernels against the unfused ops for every batch size they take (1..KERNEL_ROWS), bf16, at the
     decode shapes and the T2I image head: worst relative error per shape."""
     from omnibench.models.omnimamba.ssd import kernels
 
@@ -250,7 +250,7 @@ def fused_rows_check() -> dict:
         w = torch.randn(n, k, generator=g, **bf16) * k ** -0.5
         nw = (torch.rand(k, generator=g, device="cuda") + 0.5).to(torch.bfloat16)
         worst = 0.0
-        for rows in range(1, fused.MAX_ROWS + 1):
+        for rows in range(1, fused.KERNEL_ROWS + 1):
             x, z = torch.randn(rows, k, generator=g, **bf16), torch.randn(rows, k, generator=g, **bf16)
             res = torch.randn(rows, k, generator=g, device="cuda")
             if gated:

@@ -18,8 +18,8 @@ conv, the conv output, the new state to the state's dtype) and computes in fp32,
 the unfused ops (mamba-ssm's `layer_norm_fn` / `rmsnorm_fn`, cuBLAS, `conv_update_triton`,
 `selective_state_update`) compute, to fp32 summation order; the conv epilogue is bit for bit
 `conv_update_triton`. The model's own unfused ops are the reference and the path on CPU, for batches
-larger than `MAX_ROWS`, and for grouped norms. Block sizes were picked on an H100 with the weights cold
-in L2 (bench/omnimamba_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
+larger than `MAX_ROWS` (1; the state update takes any batch), and for grouped norms. Block sizes were
+picked on an H100 with the weights cold in L2 (bench/omnimamba_gpu.py --gemv-sweep, reports/omnimamba_gpu/).
 
 Programmatic Dependent Launch (PDL, compute capability >= 9): each kernel is launched so that it may
 start while the kernel before it is still running. A program first loads what no kernel of the step
@@ -50,7 +50,12 @@ import torch
 
 from . import ssd
 
-MAX_ROWS = 8  # batch rows one GEMV program serves from the weight tile it holds
+# Batch rows the model sends to the GEMV kernels (`fused_available`). The kernels take up to KERNEL_ROWS (one
+# program serves every row from the weight tile it holds), but past one row they lose to a norm kernel +
+# cuBLAS (+ the conv kernel): on an H200, in_proj at 8 rows 118.6 us against 17.2, out_proj 33.8 against
+# 11.0 (reports/omnimamba_gpu/, call N: every program re-normalises every row). So only batch 1 takes them.
+MAX_ROWS = 1
+KERNEL_ROWS = 8
 # (BLOCK_N, num_warps) per (out_features, in_features), the fastest of bench.omnimamba_gpu's sweep on an H100
 # (in_proj 13.3 us = 2.62 TB/s, out_proj 8.2 us, text head 66.8 us = 3.08 TB/s; cuBLAS after a separate
 # norm kernel: 16.4, 12.1, 79.2 us). Other shapes use DEFAULT_CONFIG.
@@ -179,8 +184,8 @@ def kernels_run_on(device: torch.device) -> bool:
 
 
 def fused_available(*rows: torch.Tensor | None) -> bool:
-    """The GEMV kernels take rows where `kernels_run_on`, at most MAX_ROWS of them, each row contiguous;
-    a None (no residual yet) is fine."""
+    """The model sends rows to the GEMV kernels where `kernels_run_on`, at most MAX_ROWS of them, each row
+    contiguous; a None (no residual yet) is fine."""
     rows = [t for t in rows if t is not None]
     return all(kernels_run_on(t.device) and t.dim() == 2 and t.shape[0] <= MAX_ROWS and t.stride(-1) == 1
                for t in rows)
