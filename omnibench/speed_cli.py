@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from omnibench.manifest import build_manifest
 from omnibench.protocol import ModelAdapter, OmnibenchError, SpeedProtocol
 from omnibench.registry import get_model_class
 from omnibench.speed import DEFAULT_LENGTHS, EVAL_WORKLOADS, SWEEP_MODES, SweepConfig, as_dict, run_sweep
-from omnibench.speed_report import record_run, write_reports
+from omnibench.speed_report import code_check, record_run, write_reports
+
+log = logging.getLogger("omnibench")
 
 
 def paper_models() -> list[str]:
@@ -163,7 +166,15 @@ def sweep(args: argparse.Namespace, command: list[str]) -> int:
                              "nothing: check --output-dir, --models, --modes, --device, --dtype, --preset, --gpu, "
                              "or measure first)" if cfg.report_only else
                              f"no finished points for this sweep in {cfg.output_dir}")
-    paths = write_reports(points, build_manifest(as_dict(cfg), argv=command), Path(cfg.output_dir))
+    rendered = build_manifest(as_dict(cfg), argv=command)
+    rendered["code_check"] = code_check(points)
+    for label, entry in rendered["code_check"].items():
+        other = {v: n for v, n in entry["measured"].items() if v != entry["now"]}
+        if other:  # only a report from stored points can get here: a sweep measures such points again
+            log.warning(f"{label}: {sum(other.values())} point(s) in this report were measured with other code "
+                        f"(code_version {', '.join(sorted(other))}; this checkout: {entry['now']}): the report "
+                        f"says so; run without --report-only to measure them with this code")
+    paths = write_reports(points, rendered, Path(cfg.output_dir))
     print(f"report: {paths['md']}\njson:   {paths['json']}")
     return 0
 

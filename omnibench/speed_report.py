@@ -31,6 +31,22 @@ def code_label(point: dict[str, Any]) -> str:
     return point["code_version"][:8] if point.get("code_version") else "-"
 
 
+def code_check(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model (and evaluation workload) of `points`: this checkout's `point_code_version` ("now") and how
+    many of the points each recorded code version measured ("measured"), for a report rendered from stored
+    points (`--report-only`) to say whether this code measured them."""
+    from omnibench.speed import point_code_version  # (here, not in omnibench.speed: that module's source is
+    # part of every point's code version)
+
+    out: dict[str, dict[str, Any]] = {}
+    for p in points:
+        label = p["model"] + (f"/{p['workload']}" if p.get("workload") else "")
+        entry = out.setdefault(label, {"now": point_code_version(p["model"], p.get("workload")), "measured": {}})
+        measured = str(p.get("code_version") or "-")
+        entry["measured"][measured] = entry["measured"].get(measured, 0) + 1
+    return out
+
+
 PROFILED_EARLIER = "may follow a profiled call"
 
 
@@ -243,10 +259,19 @@ def write_reports(points: list[dict[str, Any]], manifest: dict[str, Any], folder
                 pivots += [f"### {title}\n", table.to_markdown(), ""]
     measured_by = [f"- `{r.get('command')}`: {r.get('hardware', {}).get('gpus')}, driver "
                    f"{r.get('hardware', {}).get('nvidia_driver')}, {r.get('packages')}" for r in runs]
+    code_lines = []
+    for label, entry in sorted(manifest.get("code_check", {}).items()):
+        versions = ", ".join(f"{n} with {v[:8]}" for v, n in sorted(entry["measured"].items()))
+        other = any(v != entry["now"] for v in entry["measured"])
+        code_lines.append(f"- {label}: points measured {versions}; the checkout that rendered this report: "
+                          f"{entry['now'][:8]}" + (" (**measured with other code**)" if other else " (the same)"))
     parts = ["# Speed and memory of long generation and image generation\n",
              f"Rendered by: `{manifest.get('command')}`  \nSelection rendered: {manifest.get('config')}\n",
              "Measured by (each run's command, GPU, driver and packages; `speed_runs.jsonl`):\n",
              "\n".join(measured_by) if measured_by else "- (no run manifest recorded)", "",
+             *(["Code (each point's `code_version`: a digest of the project code its numbers depend on, the "
+                "`code` column; a sweep measures again every selected point whose code changed, a report "
+                "rendered from stored points does not):\n", "\n".join(code_lines), ""] if code_lines else []),
              "Weights: " + ("random (full-size architecture; speed and memory do not depend on weight values)"
                             if manifest.get("config", {}).get("preset") == "full" else "see config") + ".\n",
              "What is timed: at batch 1, prefill of a context of the given length (median of repeats), then "

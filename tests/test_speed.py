@@ -275,7 +275,7 @@ def test_reports_render_tables_ratios_and_plots(tmp_path):
     assert data["manifest"]["command"] == "run_speed.py --test" and len(data["points"]) == len(points)
 
 
-def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys):
+def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys, caplog):
     from omnibench.speed_cli import main
     code = main(["--device", "cpu", "--preset", "tiny", "--max-len", "256", "--lengths", "64,256,1024",
                  "--models", "omnimamba", "--dtype", "float32", "--decode-steps", "4", "--repeats", "1",
@@ -293,6 +293,22 @@ def test_cpu_smoke_mode_through_the_cli_with_a_real_tiny_preset(tmp_path, capsys
                  "--models", "omnimamba", "--dtype", "float32", "--report-only", "--output-dir", str(tmp_path)]) == 0
     assert len((tmp_path / "speed_runs.jsonl").read_text().splitlines()) == 1
     assert "Measured by" in (tmp_path / "speed.md").read_text() and runs[0]["command"] in (tmp_path / "speed.md").read_text()
+    from omnibench.speed import point_code_version
+    now = point_code_version("omnimamba")
+    assert f"- omnimamba: points measured 3 with {now[:8]}; the checkout that rendered this report: {now[:8]} (the same)" \
+        in (tmp_path / "speed.md").read_text()  # 2 context points and the image point
+    # A stored point measured by other code: rendered as measured, and the report and the log say so.
+    store = tmp_path / "speed_points.jsonl"
+    lines = [json.loads(l) for l in store.read_text().splitlines()]
+    first = next(p for p in lines if p["kind"] == "context")
+    store.write_text(store.read_text() + json.dumps({**first, "code_version": "0123456789abcdef"}) + "\n")
+    assert main(["--device", "cpu", "--preset", "tiny", "--max-len", "256", "--lengths", "64,256",
+                 "--models", "omnimamba", "--dtype", "float32", "--report-only", "--output-dir", str(tmp_path)]) == 0
+    md = (tmp_path / "speed.md").read_text()
+    assert (f"- omnimamba: points measured 1 with 01234567, 2 with {now[:8]}; the checkout that rendered this report: "
+            f"{now[:8]} (**measured with other code**)") in md
+    assert "omnimamba: 1 point(s) in this report were measured with other code (code_version 0123456789abcdef" \
+        in caplog.text
     img = next(p for p in data["points"] if p["kind"] == "image_gen")
     assert img["status"] == "ok" and img["batch"] == 2
     # POPE-shaped requests through the real tiny model's generate_text, recorded with the settings used.
