@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.omnimamba_gpu import build, configure, decode_bytes, hbm_bandwidth
+from bench.omnimamba_gpu import build, configure, decode_bytes, hbm_bandwidth, replay_ms
 from omnibench.models.omnimamba import fused
 
 CHUNK = 16384  # bytes one bulk prefetch asks for
@@ -69,18 +69,6 @@ def prefetch_kernel(mode: str):
             l2_prefetch[(programs,)](t, nbytes, STEP=step, BLOCK=32, ASM=asm, num_warps=1)
 
     return launch
-
-
-def replay_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
-    for _ in range(3):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 def capture(fn) -> torch.cuda.CUDAGraph:

@@ -156,13 +156,8 @@ def decode_kernel_checks(cfg: OmniMambaConfig, device: str = "cuda", timed: bool
     return out
 
 
-def graph_ms(fn, reps: int = 20) -> float:
-    """Milliseconds per replay of `fn` captured in a CUDA graph (after a compile/warm-up call)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+def replay_ms(graph: torch.cuda.CUDAGraph, reps: int) -> float:
+    """Milliseconds per replay of a captured graph, after 3 untimed replays (CUDA events)."""
     for _ in range(3):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -172,6 +167,16 @@ def graph_ms(fn, reps: int = 20) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / reps
+
+
+def graph_ms(fn, reps: int = 20) -> float:
+    """Milliseconds per replay of `fn` captured in a CUDA graph (after a compile/warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return replay_ms(graph, reps)
 
 
 # out_features, in_features, gated, weights cycled per timed call (together larger than the 50 MB L2)
