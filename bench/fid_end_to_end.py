@@ -106,10 +106,11 @@ def main() -> None:
         model_args, device = f"pretrained={work / 'ckpt'}", "cuda"
     result["write_checkpoint_s"] = time.perf_counter() - t0
     print(json.dumps(result), flush=True)
+    runs = work / f"runs_{time.strftime('%Y%m%dT%H%M%S')}"  # this run's alone: its images and results are counted
     cmd = [sys.executable, "run_eval.py", "--model", "omnimamba", "--model_args", model_args,
            "--tasks", "coco_fid30k", "--task_args",
            f"captions={captions},images={images},num_prompts={args.prompts},inception={args.inception}",
-           "--batch_size", str(args.batch_size), "--device", device, "--dtype", args.dtype, "--output_path", str(work / "runs")]
+           "--batch_size", str(args.batch_size), "--device", device, "--dtype", args.dtype, "--output_path", str(runs)]
     result["command"] = " ".join(cmd)
     start = time.time()
     with open(out / "fid_end_to_end.log", "w") as log:
@@ -117,13 +118,13 @@ def main() -> None:
     end = time.time()
     result["returncode"] = proc.returncode
     result["run_wall_s"] = end - start
-    pngs = sorted((work / "runs").glob("*/images/coco_fid30k/*.png"), key=lambda p: p.stat().st_mtime)
+    pngs = sorted(runs.glob("*/images/coco_fid30k/*.png"), key=lambda p: p.stat().st_mtime)
     if pngs:
         first, last = pngs[0].stat().st_mtime, pngs[-1].stat().st_mtime
         result.update({"images_written": len(pngs), "first_image_after_s": first - start,
                        "last_image_after_s": last - start, "after_last_image_s": end - last,
                        "images_per_s_first_to_last": (len(pngs) - 1) / (last - first) if last > first else None})
-    results = sorted((work / "runs").glob("*/results*.json"))
+    results = sorted(runs.glob("*/results.json"))
     if results:
         result["results"] = json.loads(results[-1].read_text())
     (out / "fid_end_to_end.json").write_text(json.dumps(result, indent=2))
