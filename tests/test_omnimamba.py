@@ -534,9 +534,12 @@ def test_the_tower_names_map_reads_and_writes_transformers_older_dinov2_attentio
     torch.manual_seed(3)
     model = OmniMamba(tiny_config()).eval()
     n = model.config.vision.dino_layers
-    hf = model.vision_backbone.dino_featurizer.state_dict()
-    legacy = {}
-    for key, val in hf.items():
+    own = model.vision_backbone.dino_featurizer.state_dict()  # in the installed transformers' layout
+    hf, legacy = {}, {}
+    for key, val in own.items():
+        for new, old in LEGACY_DINO_ATTENTION.items():
+            key = key.replace(old, new)
+        hf[key] = val
         for new, old in LEGACY_DINO_ATTENTION.items():
             key = key.replace(new, old)
         legacy[key] = val
