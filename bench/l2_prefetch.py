@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.omnimamba_gpu import build, configure, decode_bytes, hbm_bandwidth, replay_ms
+from bench.omnimamba_gpu import build, clone_state, configure, decode_bytes, hbm_bandwidth, replay_ms
 from omnibench.models.omnimamba import fused
 
 CHUNK = 16384  # bytes one bulk prefetch asks for
@@ -262,11 +262,6 @@ def make_step(model, state, token, plan: dict | None, logits_out: list):
     return step
 
 
-def clone(state):
-    from bench.omnimamba_gpu import clone_state
-    return clone_state(state)
-
-
 @torch.inference_mode()
 def step_variants(model, batch: int, route: str, plans: dict, reps: int) -> dict:
     torch.manual_seed(1)
@@ -277,15 +272,15 @@ def step_variants(model, batch: int, route: str, plans: dict, reps: int) -> dict
     token = torch.randint(0, vocab, (batch,), device="cuda")
     rows = {}
     # The model's own step (its CUDA graph), once, from a copy of the state: the reference logits.
-    ref = model.step(clone(base_state), token).float().clone()
+    ref = model.step(clone_state(base_state), token).float().clone()
     base_logits = None
     for name, plan in plans.items():
         try:
             logits = []
-            st = clone(base_state)
+            st = clone_state(base_state)
             step = make_step(model, st, token, plan, logits)
             # First call eager (compiles), from a fresh copy: the logits of one step from base_state.
-            fresh = clone(base_state)
+            fresh = clone_state(base_state)
             step_fresh = make_step(model, fresh, token, plan, logits)
             step_fresh(torch.cuda.Stream(priority=-1))
             torch.cuda.synchronize()

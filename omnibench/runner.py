@@ -351,12 +351,11 @@ class Runner:
             self._prep = HostPrep(self.model, self.prep_workers)
         return self._prep(reqs)
 
-    def _save_finished(self, finished: tuple[int, list[dict[str, Any]]] | None, cache: SampleCache, bar: tqdm) -> None:
+    def _save_finished(self, finished: tuple[int, Callable[[], list[dict[str, Any]]]] | None, cache: SampleCache,
+                       bar: tqdm) -> None:
         if finished is not None:
             count, records = finished
-            if callable(records):  # an image batch's records, once its images are written (_run_batch)
-                records = records()
-            self._save(records, cache)
+            self._save(records(), cache)  # an image batch's records once its images are written (_run_batch)
             bar.update(count)
 
     def _save(self, records: list[dict[str, Any]], cache: SampleCache) -> None:
@@ -381,9 +380,9 @@ class Runner:
             raise
 
     def _run_batch(self, task: Task, batch: list[tuple[int, Doc, Request, str]], items: list[Any],
-                   scoring: str) -> list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]:
-        """The batch's records; for an image task, a function that returns them once the images, whose
-        writes this starts (`_save_images`), are on disk."""
+                   scoring: str) -> Callable[[], list[dict[str, Any]]]:
+        """A function that returns the batch's records; for an image task, once the images, whose writes
+        this starts (`_save_images`), are on disk."""
         outputs = self._answer(task, items)
 
         def records(saved: list[tuple[str, str]] | None) -> list[dict[str, Any]]:
@@ -396,7 +395,8 @@ class Runner:
             return out
 
         if task.output_type != "image":
-            return records(None)
+            done = records(None)
+            return lambda: done
         writes = self._save_images(task, [doc.doc_id for _, doc, _, _ in batch], outputs)
         return lambda: records(writes())
 
